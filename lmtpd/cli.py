@@ -1,0 +1,336 @@
+"""The operator's command line: one click group per noun, verbs beneath.
+
+Errors the operator can fix are one line on stderr and a sysexits code: 78 for
+configuration, 65 for bad input data, 75 when the relay could not be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import aiosqlite
+import click
+
+from . import queue, roster
+from .config import Config, ConfigError, config_path, load
+from .daemon import ListenError, Service
+from .delivery import Worker
+from .store import SchemaError, StoreError, Writer, open_database, transaction, upgrade
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"lmtpd: {message}", err=True)
+    sys.exit(code)
+
+
+class State:
+    def __init__(self, config_file: str | None, verbose: int):
+        self.config_file = config_file
+        self.verbose = verbose
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = load(config_path(self.config_file))
+            except ConfigError as exc:
+                fail(f"config error: {exc}", os.EX_CONFIG)
+        return self._config
+
+    def run(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], allow_upgrade: bool = False) -> T:
+        """Open the database, run ``fn`` on it, close it; map failures to exit codes."""
+        cfg = self.config
+
+        async def main() -> T:
+            db = await open_database(cfg.database, allow_upgrade)
+            try:
+                return await fn(db)
+            finally:
+                await db.close()
+
+        try:
+            return asyncio.run(main())
+        except roster.RosterError as exc:
+            fail(str(exc), os.EX_DATAERR)
+        except SchemaError as exc:
+            fail(f"database: {exc}", os.EX_CONFIG)
+        except StoreError as exc:
+            fail(f"database: {exc}", os.EX_IOERR)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def emit(rows: list[dict], as_json: bool, line: Callable[[dict], str], empty: str) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif not rows:
+        click.echo(empty)
+    else:
+        for row in rows:
+            click.echo(line(row))
+
+
+def setup_logging(verbose: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO,
+        format="%(asctime)s lmtpd[%(process)d]: %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiosmtpd logs every command line at INFO: useful when debugging, costly otherwise
+    logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config", "config_file", metavar="PATH",
+    help="TOML configuration file (default: $LMTPD_CONFIG).",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv: every LMTP command).")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None, verbose: int) -> None:
+    """lmtpd: a mailing-list delivery agent behind Postfix."""
+    ctx.obj = State(config_file, verbose)
+
+
+@main.command("check-config")
+@pass_state
+def check_config(state: State) -> None:
+    """Validate the configuration file and exit."""
+    cfg = state.config
+    click.echo(f"{cfg.source}: OK (domain {cfg.domain}, LMTP on {cfg.lmtp.listen})")
+
+
+@main.command()
+@click.option("--upgrade", is_flag=True, help="Apply pending database migrations first.")
+@pass_state
+def serve(state: State, upgrade: bool) -> None:
+    """Run the LMTP server and the delivery worker until SIGTERM."""
+    cfg = state.config
+    setup_logging(state.verbose)
+    try:
+        asyncio.run(Service(cfg).run_until_signalled(allow_upgrade=upgrade))
+    except SchemaError as exc:
+        fail(f"database: {exc}", os.EX_CONFIG)
+    except StoreError as exc:
+        fail(f"database: {exc}", os.EX_IOERR)
+    except ListenError as exc:
+        fail(str(exc), os.EX_OSERR)
+
+
+# ----------------------------------------------------------------------- db
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: State) -> None:
+    """Apply pending migrations."""
+
+    async def run(conn: aiosqlite.Connection) -> list:
+        return await upgrade(conn)
+
+    applied = state.run(run, allow_upgrade=True)
+    click.echo(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
+
+
+# -------------------------------------------------------------------- lists
+
+
+@main.group("lists")
+def lists_group() -> None:
+    """Mailing lists of the club."""
+
+
+@lists_group.command("add")
+@click.argument("name")
+@click.option("--description", default="", help="Shown in List-Id.")
+@click.option(
+    "--posters", type=click.Choice(["club", "list"]), default="club", show_default=True,
+    help="Who may post: any active club member, or only this list's members.",
+)
+@click.option("--posts-per-day", type=click.IntRange(min=0), default=None,
+              help="Daily limit per member for this list (default: [limits] posts_per_day).")
+@pass_state
+def lists_add(state: State, name: str, description: str, posters: str, posts_per_day: int | None) -> None:
+    """Create list NAME (its address is NAME@domain)."""
+    now = time.time()
+    state.run(lambda db: transaction(db, lambda db: roster.add_list(db, name, description, posters, posts_per_day, now)))
+    click.echo(f"list {name.lower()}@{state.config.domain} created")
+
+
+@lists_group.command("remove")
+@click.argument("name")
+@pass_state
+def lists_remove(state: State, name: str) -> None:
+    """Delete list NAME and its memberships (members stay in the club)."""
+    state.run(lambda db: transaction(db, lambda db: roster.remove_list(db, name)))
+    click.echo(f"list {name.lower()} removed")
+
+
+@lists_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def lists_list(state: State, as_json: bool) -> None:
+    """Show the lists."""
+    rows = state.run(roster.all_lists)
+    domain = state.config.domain
+    emit(
+        rows, as_json,
+        lambda r: f"{r['name']}@{domain}\t{r['members']} members\tposters={r['posters']}"
+        + (f"\tlimit={r['posts_per_day']}/day" if r["posts_per_day"] is not None else "")
+        + (f"\t{r['description']}" if r["description"] else ""),
+        "no lists",
+    )
+
+
+# ------------------------------------------------------------------ members
+
+
+@main.group("members")
+def members_group() -> None:
+    """Members of the club and their lists."""
+
+
+@members_group.command("add")
+@click.argument("address")
+@click.option("--name", default="", help="The member's name.")
+@click.option("--list", "lists", multiple=True, metavar="NAME", help="Subscribe to this list (repeatable).")
+@pass_state
+def members_add(state: State, address: str, name: str, lists: tuple[str, ...]) -> None:
+    """Add a member (or subscribe an existing one to more lists)."""
+    now = time.time()
+    created, added = state.run(
+        lambda db: transaction(db, lambda db: roster.add_member(db, address, name, list(lists), now))
+    )
+    what = "added" if created else "updated"
+    click.echo(f"{what} {roster.check_address(address)}" + (f"; subscribed to {', '.join(added)}" if added else ""))
+
+
+@members_group.command("remove")
+@click.argument("address")
+@click.option("--list", "lists", multiple=True, metavar="NAME",
+              help="Only unsubscribe from this list (repeatable).")
+@pass_state
+def members_remove(state: State, address: str, lists: tuple[str, ...]) -> None:
+    """Remove a member from the club, or only from the lists named."""
+    state.run(lambda db: transaction(db, lambda db: roster.remove_member(db, address, list(lists))))
+    click.echo(f"removed {address}" + (f" from {', '.join(lists)}" if lists else ""))
+
+
+@members_group.command("list")
+@click.option("--list", "list_name", metavar="NAME", help="Only members of this list.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def members_list(state: State, list_name: str | None, as_json: bool) -> None:
+    """Show members with their lists."""
+    rows = state.run(lambda db: roster.members(db, list_name))
+    emit(
+        rows, as_json,
+        lambda r: f"{r['address']}\t{r['name'] or '-'}\t{' '.join(r['lists']) or '-'}"
+        + ("" if r["active"] else "\tinactive"),
+        "no members",
+    )
+
+
+@members_group.command("import")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@pass_state
+def members_import(state: State, csv_file: Any) -> None:
+    """Add members from a CSV file of address,name,lists (lists space-separated).
+
+    Idempotent: running it twice changes nothing the second time. A file with any
+    bad row is rejected whole, with every problem and its line number.
+    """
+    try:
+        text = csv_file.read()
+    except UnicodeDecodeError as exc:
+        fail(f"{csv_file.name}: not UTF-8 text: {exc}", os.EX_DATAERR)
+    rows, errors = roster.parse_roster(text)
+    if errors:
+        for error in errors:
+            click.echo(f"{csv_file.name}: {error}", err=True)
+        fail(f"{csv_file.name}: {len(errors)} bad row(s); nothing imported", os.EX_DATAERR)
+    now = time.time()
+    report = state.run(lambda db: transaction(db, lambda db: roster.import_roster(db, rows, now)))
+    for address in report.added:
+        click.echo(f"added {address}")
+    for address in report.renamed:
+        click.echo(f"renamed {address}")
+    for address, list_name in report.subscribed:
+        click.echo(f"subscribed {address} to {list_name}")
+    click.echo(
+        f"{len(report.added)} added, {len(report.renamed)} renamed, "
+        f"{len(report.subscribed)} subscriptions added, {report.unchanged} unchanged"
+    )
+
+
+# -------------------------------------------------------------------- queue
+
+
+@main.group("queue")
+def queue_group() -> None:
+    """The outbound queue."""
+
+
+@queue_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def queue_list(state: State, as_json: bool) -> None:
+    """One line per pending or failed copy."""
+    rows = state.run(queue.listing)
+    emit(
+        rows, as_json,
+        lambda r: f"{r['queue_id']}  {r['recipient']}  {r['state']}  attempts={r['attempts']}  "
+        f"next={r['next_attempt'] or '-'}  {r['last_reply'] or '-'}",
+        "queue is empty",
+    )
+
+
+@queue_group.command("flush")
+@pass_state
+def queue_flush(state: State) -> None:
+    """Attempt every pending copy now; exit 75 if the relay could not be reached."""
+    cfg = state.config
+    if state.verbose:
+        setup_logging(state.verbose)
+
+    async def run(db: aiosqlite.Connection) -> Any:
+        writer = Writer(db)
+        writer.start()
+        worker = Worker(cfg, writer, db, time.time)
+        try:
+            await writer.submit(queue.release_dead_leases)
+            return await worker.flush()
+        finally:
+            await worker.close()
+            await writer.stop()
+
+    counts = state.run(run)
+    total = sum(counts[k] for k in (queue.SENT, queue.PENDING, queue.FAILED))
+    click.echo(
+        f"attempted {total}: {counts[queue.SENT]} sent, {counts[queue.PENDING]} deferred, "
+        f"{counts[queue.FAILED]} failed"
+    )
+    if counts["unreachable"]:
+        fail(f"relay {cfg.relay.host}:{cfg.relay.port} unreachable for {counts['unreachable']} copies",
+             os.EX_TEMPFAIL)
+
+
+def run() -> None:
+    main(prog_name="lmtpd")
+

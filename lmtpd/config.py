@@ -1,0 +1,267 @@
+"""Configuration: one TOML file, validated once into typed, frozen records.
+
+Every problem is reported as a :class:`ConfigError` whose message names the file and
+the key, so the command line can print one readable line and exit with EX_CONFIG.
+Relative paths in the file are taken relative to the file's own directory, so an
+example configuration works from wherever it is started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "LMTPD_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where a server listens: a Unix socket path, or a TCP host and port."""
+
+    path: Path | None = None
+    host: str | None = None
+    port: int | None = None
+    mode: int = 0o660
+    group: str | None = None
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class LmtpConfig:
+    listen: Listen
+    max_message_size: int = 10 * 1024 * 1024
+    timeout: float = 900.0
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    host: str = "127.0.0.1"
+    port: int = 25
+    connections: int = 4
+    timeout: float = 60.0
+    batch: int = 200
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    minimal_backoff: float = 300.0
+    maximal_backoff: float = 3600.0
+    max_queue_lifetime: float = 2 * 86400.0
+    lease: float = 600.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    posts_per_day: int = 20
+
+
+@dataclass(frozen=True)
+class Config:
+    domain: str
+    database: Path
+    admin: str
+    hostname: str
+    lmtp: LmtpConfig
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    source: Path | None = None
+
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def config_path(explicit: str | None, environ: dict[str, str] | None = None) -> Path:
+    """The file to read: ``--config``, else ``$LMTPD_CONFIG``."""
+    env = os.environ if environ is None else environ
+    value = explicit or env.get(ENV_VAR)
+    if not value:
+        raise ConfigError(f"no configuration file: pass --config PATH or set {ENV_VAR}")
+    return Path(value)
+
+
+def load(path: Path) -> Config:
+    """Read and validate ``path``; raise ConfigError with a one-line reason."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse(data, base=path.resolve().parent, source=path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Config:
+    """Build a Config from parsed TOML; ``base`` anchors relative paths."""
+    top = _Section(data, "")
+    domain = top.domain("domain")
+    database = top.path("database", base)
+    admin = top.address("admin")
+    hostname = top.string("hostname", domain)
+    lmtp = top.section("lmtp")
+    limits = top.section("limits")
+    relay = top.section("relay")
+    queue = top.section("queue")
+    top.done()
+
+    listen = _listen(lmtp, "listen", base)
+    lmtp_cfg = LmtpConfig(
+        listen=listen,
+        max_message_size=lmtp.integer("max_message_size", LmtpConfig.max_message_size, low=1024),
+        timeout=lmtp.number("timeout", LmtpConfig.timeout, low=10),
+        shutdown_grace=lmtp.number("shutdown_grace", LmtpConfig.shutdown_grace, low=0),
+    )
+    lmtp.done()
+    relay_cfg = RelayConfig(
+        host=relay.string("host", RelayConfig.host),
+        port=relay.integer("port", RelayConfig.port, low=1, high=65535),
+        connections=relay.integer("connections", RelayConfig.connections, low=1, high=100),
+        timeout=relay.number("timeout", RelayConfig.timeout, low=1),
+        batch=relay.integer("batch", RelayConfig.batch, low=1, high=10000),
+    )
+    relay.done()
+    queue_cfg = QueueConfig(
+        minimal_backoff=queue.number("minimal_backoff", QueueConfig.minimal_backoff, low=1),
+        maximal_backoff=queue.number("maximal_backoff", QueueConfig.maximal_backoff, low=1),
+        max_queue_lifetime=queue.number("max_queue_lifetime", QueueConfig.max_queue_lifetime, low=60),
+        lease=queue.number("lease", QueueConfig.lease, low=10),
+    )
+    if queue_cfg.maximal_backoff < queue_cfg.minimal_backoff:
+        raise ConfigError("[queue] maximal_backoff: must not be below minimal_backoff")
+    queue.done()
+    limits_cfg = LimitsConfig(
+        posts_per_day=limits.integer("posts_per_day", LimitsConfig.posts_per_day, low=0),
+    )
+    limits.done()
+    return Config(
+        domain=domain,
+        database=database,
+        admin=admin,
+        hostname=hostname,
+        lmtp=lmtp_cfg,
+        relay=relay_cfg,
+        queue=queue_cfg,
+        limits=limits_cfg,
+        source=source,
+    )
+
+
+def _listen(section: _Section, key: str, base: Path) -> Listen:
+    value = section.string(key, None)
+    mode_text = section.string("socket_mode", "0660")
+    group = section.string("socket_group", "") or None
+    try:
+        mode = int(mode_text, 8)
+        if not 0 <= mode <= 0o777:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"{section.name('socket_mode')}: expected an octal mode such as \"0660\", got {mode_text!r}"
+        ) from None
+    if value.startswith("unix:"):
+        raw = value[len("unix:"):]
+        if not raw:
+            raise ConfigError(f"{section.name(key)}: 'unix:' needs a socket path")
+        path = Path(raw)
+        return Listen(path=path if path.is_absolute() else base / path, mode=mode, group=group)
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{section.name(key)}: expected 'unix:/path' or 'HOST:PORT', got {value!r}")
+    return Listen(host=host, port=int(port), mode=mode, group=group)
+
+
+class _Section:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, data: Any, prefix: str):
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{prefix}]: expected a table")
+        self.data = data
+        self.prefix = prefix
+        self.seen: set[str] = set()
+
+    def name(self, key: str) -> str:
+        return f"[{self.prefix}] {key}" if self.prefix else key
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.seen.add(key)
+        if key in self.data:
+            return self.data[key]
+        if default is None:
+            raise ConfigError(f"{self.name(key)}: required key is missing")
+        return default
+
+    def section(self, key: str) -> _Section:
+        self.seen.add(key)
+        return _Section(self.data.get(key, {}), key)
+
+    def string(self, key: str, default: str | None) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.name(key)}: expected a string, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, low: int | None = None, high: int | None = None) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.name(key)}: expected a whole number, got {value!r}")
+        self._bounds(key, value, low, high)
+        return value
+
+    def number(self, key: str, default: float, low: float | None = None) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{self.name(key)}: expected a number of seconds, got {value!r}")
+        self._bounds(key, value, low, None)
+        return float(value)
+
+    def _bounds(self, key: str, value: float, low: float | None, high: float | None) -> None:
+        if low is not None and value < low:
+            raise ConfigError(f"{self.name(key)}: must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise ConfigError(f"{self.name(key)}: must be at most {high}, got {value}")
+
+    def domain(self, key: str) -> str:
+        value = self.string(key, None).strip().lower().rstrip(".")
+        if not _DOMAIN_RE.match(value):
+            raise ConfigError(f"{self.name(key)}: not a domain name: {value!r}")
+        return value
+
+    def address(self, key: str) -> str:
+        value = self.string(key, None).strip()
+        local, at, domain = value.rpartition("@")
+        if not at or not local or not _DOMAIN_RE.match(domain.lower()) or " " in value:
+            raise ConfigError(f"{self.name(key)}: not an email address: {value!r}")
+        return f"{local}@{domain.lower()}"
+
+    def path(self, key: str, base: Path) -> Path:
+        value = self.string(key, None)
+        if not value:
+            raise ConfigError(f"{self.name(key)}: must not be empty")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+
+    def done(self) -> None:
+        """Refuse unknown keys: a typo must not silently fall back to a default."""
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(f"{self.name(unknown[0])}: unknown key")

@@ -1,0 +1,167 @@
+"""``lmtpd serve``: wires the stages together and shuts them down in order.
+
+Start: database (schema checked), group-commit writer, LMTP listener, delivery
+worker. SIGTERM: stop accepting, let sessions inside a transaction finish within
+the grace period, stop the worker, commit what is pending, remove the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import Config, Listen
+from .delivery import Worker
+from .ingest import IngestHandler, LMTPServer
+from .store import StoreError, Writer, open_database
+
+log = logging.getLogger(__name__)
+
+
+class ListenError(Exception):
+    """The listening socket cannot be set up (in use, bad path, unknown group)."""
+
+
+class Service:
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time, deliver: bool = True):
+        self.cfg = cfg
+        self.clock = clock
+        self.deliver = deliver
+        self.sessions: set[LMTPServer] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self.worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+
+    async def start(self, allow_upgrade: bool = False) -> None:
+        cfg = self.cfg
+        self.db = await open_database(cfg.database, allow_upgrade)
+        self.reader = await open_database(cfg.database)
+        self.writer = Writer(self.db)
+        self.writer.start()
+        self.worker = Worker(cfg, self.writer, self.reader, self.clock)
+        self.handler = IngestHandler(cfg, self.writer, self.reader, self.clock, self.worker.wake)
+        loop = asyncio.get_running_loop()
+
+        def factory() -> LMTPServer:
+            return LMTPServer(
+                self.handler,
+                sessions=self.sessions,
+                hostname=cfg.hostname,
+                ident="lmtpd",
+                data_size_limit=cfg.lmtp.max_message_size,
+                enable_SMTPUTF8=True,
+                timeout=cfg.lmtp.timeout,
+                loop=loop,
+            )
+
+        self.server = await _listen(loop, factory, cfg.lmtp.listen)
+        if self.deliver:
+            self._worker_task = loop.create_task(self.worker.run(), name="lmtpd-delivery")
+        log.info("lmtpd listening on %s for %s", cfg.lmtp.listen, cfg.domain)
+
+    async def stop(self) -> None:
+        grace = self.cfg.lmtp.shutdown_grace
+        if self.server is not None:
+            self.server.close()
+        deadline = time.monotonic() + grace
+        while True:
+            for session in list(self.sessions):
+                session.close_idle()
+            if not any(s.busy for s in self.sessions) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        if self.worker is not None:
+            await self.worker.stop()
+            if self._worker_task is not None:
+                try:
+                    await asyncio.wait_for(self._worker_task, timeout=max(1.0, grace / 2))
+                except (TimeoutError, asyncio.CancelledError):
+                    log.warning("delivery pass interrupted; unfinished copies stay queued")
+                except Exception:
+                    log.exception("delivery worker failed")
+            await self.worker.close()
+        await self.writer.stop()
+        await self.reader.close()
+        await self.db.close()
+        path = self.cfg.lmtp.listen.path
+        if path is not None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        log.info("lmtpd stopped")
+
+    async def run_until_signalled(self, allow_upgrade: bool = False) -> None:
+        await self.start(allow_upgrade)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        worker = self._worker_task
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if worker is not None:
+            waiters.append(worker)  # a worker that dies ends the service loudly
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if worker is not None and worker.done() and not stop.is_set():
+            log.error("delivery worker ended unexpectedly: %r", worker.exception())
+        log.info("shutting down")
+        await self.stop()
+
+
+async def _listen(
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], LMTPServer], listen: Listen
+) -> asyncio.AbstractServer:
+    if listen.path is None:
+        try:
+            return await loop.create_server(factory, listen.host, listen.port)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    path = listen.path
+    _remove_stale_socket(path)
+    try:
+        server = await loop.create_unix_server(factory, str(path))
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    try:
+        if listen.group:
+            shutil.chown(path, group=listen.group)
+        os.chmod(path, listen.mode)
+    except (OSError, LookupError) as exc:
+        server.close()
+        path.unlink(missing_ok=True)
+        raise ListenError(f"cannot set owner/mode of {path}: {exc}") from None
+    return server
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket left by a killed process is removed; one still answering is not."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise ListenError(f"{path} is in use by another process")
+
+
+__all__ = ["Service", "ListenError", "StoreError"]

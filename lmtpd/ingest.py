@@ -1,0 +1,351 @@
+"""Ingest: the LMTP side. RCPT checks, the DATA decision per list, one reply each.
+
+:class:`IngestHandler` holds the decisions and can be called without a socket;
+:class:`LMTPServer` adds what aiosmtpd's LMTP class lacks for talking to Postfix:
+the right LHLO extensions and exactly one reply per recipient after DATA, even
+when aiosmtpd itself refuses the data or our code fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+
+import aiosqlite
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import Envelope, Session, syntax
+
+from . import queue
+from .config import Config
+from .lists import HeaderInfo, list_header_lines, read_headers
+from .store import Writer, fetchone, find_list, find_member
+
+log = logging.getLogger(__name__)
+
+TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
+
+
+# ------------------------------------------------------------------ decisions
+
+
+def split_recipient(address: str, domain: str) -> tuple[str | None, str]:
+    """(list name, refusal): the list a club address names, or why it cannot be one."""
+    local, at, dom = address.rpartition("@")
+    if not at or not local:
+        return None, f"550 5.1.3 <{address}>: bad recipient address syntax"
+    if dom.lower().rstrip(".") != domain:
+        return None, f"550 5.1.2 <{address}>: this server only accepts mail for {domain}"
+    return local.lower(), ""
+
+
+def new_queue_id() -> str:
+    """A short id in the style of Postfix's, unique enough to grep logs by."""
+    return secrets.token_hex(6).upper()
+
+
+@dataclass(frozen=True)
+class Post:
+    """One LMTP transaction after DATA, as the accept job sees it."""
+
+    queue_id: str
+    mail_from: str
+    recipients: list[str]  # RCPT addresses, in order
+    raw: bytes
+    headers: HeaderInfo
+    arrived_at: float
+
+
+async def accept(db: aiosqlite.Connection, post: Post, cfg: Config) -> tuple[list[str], int]:
+    """Decide every recipient of ``post`` and store what is accepted.
+
+    Each list is decided in a savepoint of its own: a database error while storing
+    one list's post answers 451 for that recipient only, and leaves no trace of it
+    (quota included). Returns the replies in RCPT order and the copies queued.
+    """
+    author = post.headers.author
+    assert author is not None
+    member = await find_member(db, author)
+    replies: list[str] = []
+    accepted: set[str] = set()
+    message_id: int | None = None
+    copies = 0
+    day = date.fromtimestamp(post.arrived_at).isoformat()
+    for address in post.recipients:
+        name, refusal = split_recipient(address, cfg.domain)
+        lst = await find_list(db, name) if name else None
+        if name and lst is None:
+            refusal = f"550 5.1.1 <{address}>: no such list"
+        if refusal or lst is None:
+            replies.append(refusal)
+            continue
+        if lst["name"] in accepted:  # the same list twice: one post
+            replies.append(f"250 2.0.0 <{address}> {post.queue_id} already accepted")
+            continue
+        await db.execute("SAVEPOINT rcpt")
+        stored_message = message_id is None
+        try:
+            reply = await _check_poster(db, member, author, lst, cfg, day)
+            if not reply:
+                if message_id is None:
+                    message_id = await _store_message(db, post, author)
+                copies += await _store_post(db, post, message_id, member, lst, cfg)
+                accepted.add(lst["name"])
+                reply = f"250 2.0.0 <{address}> {post.queue_id} accepted"
+        except Exception:
+            log.exception("%s: storing the post to %s failed", post.queue_id, lst["name"])
+            await db.execute("ROLLBACK TO rcpt")
+            if stored_message:
+                message_id = None
+            reply = TEMPFAIL
+        await db.execute("RELEASE rcpt")
+        replies.append(reply)
+    return replies, copies
+
+
+async def _store_message(db: aiosqlite.Connection, post: Post, author: str) -> int:
+    cur = await db.execute(
+        """
+        INSERT INTO messages (queue_id, mail_from, author, message_id, subject, size, raw, arrived_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        """,
+        (
+            post.queue_id, post.mail_from, author, post.headers.message_id, post.headers.subject,
+            len(post.raw), post.raw, post.arrived_at,
+        ),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+async def _store_post(
+    db: aiosqlite.Connection,
+    post: Post,
+    message_id: int,
+    member: sqlite3.Row | None,
+    lst: sqlite3.Row,
+    cfg: Config,
+) -> int:
+    """The post row for one list, and one queued copy per active member."""
+    cur = await db.execute(
+        """
+        INSERT INTO posts (message_id, list_id, list_name, member_id, sender, list_headers, accepted_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?)
+        """,
+        (
+            message_id, lst["id"], lst["name"], member["id"] if member else None,
+            f"{lst['name']}-bounces@{cfg.domain}",
+            list_header_lines(lst["name"], lst["description"], cfg.domain),
+            post.arrived_at,
+        ),
+    )
+    assert cur.lastrowid is not None
+    return await queue.enqueue_post(db, cur.lastrowid, lst["id"], post.arrived_at)
+
+
+async def _check_poster(
+    db: aiosqlite.Connection,
+    member: sqlite3.Row | None,
+    author: str,
+    lst: sqlite3.Row,
+    cfg: Config,
+    day: str,
+) -> str:
+    """Empty if ``author`` may post to ``lst`` now (and count the post), else the refusal."""
+    name = lst["name"]
+    if member is None or not member["active"]:
+        return f"550 5.7.1 <{author}> is not a member of {cfg.domain} and may not post to {name}"
+    if lst["posters"] == "list":
+        row = await fetchone(
+            db, "SELECT 1 FROM memberships WHERE list_id = ? AND member_id = ?", (lst["id"], member["id"])
+        )
+        if row is None:
+            return f"550 5.7.1 only members of {name} may post to it; <{author}> is not one"
+    limit = lst["posts_per_day"] if lst["posts_per_day"] is not None else cfg.limits.posts_per_day
+    counted = None
+    if limit > 0:
+        counted = await fetchone(
+            db,
+            """
+            INSERT INTO quota_use (member_id, list_id, day, posts) VALUES (?, ?, ?, 1)
+            ON CONFLICT (member_id, list_id, day) DO UPDATE SET posts = posts + 1
+             WHERE quota_use.posts < ?
+            RETURNING posts
+            """,
+            (member["id"], lst["id"], day, limit),
+        )
+    if counted is None:
+        return f"550 5.7.1 daily limit reached: {limit} posts per day to {name}"
+    return ""
+
+
+class IngestHandler:
+    """aiosmtpd hooks: decisions at RCPT and after DATA, durable before any 250."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        writer: Writer,
+        reader: aiosqlite.Connection,
+        clock: Callable[[], float] = time.time,
+        on_accepted: Callable[[], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.writer = writer
+        self.reader = reader
+        self.clock = clock
+        self.on_accepted = on_accepted
+
+    async def handle_RCPT(
+        self, server: LMTPServer, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        name, refusal = split_recipient(address, self.cfg.domain)
+        if name is None:
+            return refusal
+        try:
+            lst = await find_list(self.reader, name)
+        except Exception:
+            log.exception("list lookup failed for <%s>", address)
+            return TEMPFAIL
+        if lst is None:
+            return f"550 5.1.1 <{address}>: no such list here"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: LMTPServer, session: Session, envelope: Envelope) -> str:
+        rcpts = list(envelope.rcpt_tos)
+        raw = envelope.original_content or b""
+        try:
+            replies = await self.decide(envelope.mail_from or "", rcpts, raw)
+        except Exception:
+            log.exception("could not store a message for %s", ", ".join(rcpts))
+            replies = [TEMPFAIL] * len(rcpts)
+        return "\r\n".join(replies)
+
+    async def decide(self, mail_from: str, rcpts: list[str], raw: bytes) -> list[str]:
+        """The per-recipient replies for one message; 250s only after the commit."""
+        headers = read_headers(raw)
+        queue_id = new_queue_id()
+        if headers.author is None:
+            log.info("%s: refused from=<%s>: %s", queue_id, mail_from, headers.from_problem)
+            return [f"550 5.6.0 {headers.from_problem}"] * len(rcpts)
+        post = Post(queue_id, mail_from, rcpts, raw, headers, self.clock())
+        replies, copies = await self.writer.submit(lambda db: accept(db, post, self.cfg))
+        for rcpt, reply in zip(rcpts, replies, strict=False):
+            log.info(
+                "%s: from=<%s>, author=<%s>, to=<%s>, size=%d, message-id=%s: %s",
+                queue_id, mail_from, headers.author, rcpt, len(raw), headers.message_id or "-", reply,
+            )
+        if copies and self.on_accepted:
+            self.on_accepted()
+        return replies
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("LMTP session error: %r", error)
+        return TEMPFAIL
+
+
+# ------------------------------------------------------------ protocol class
+
+_ENHANCED = {"552": "5.3.4", "500": "5.5.2", "451": "4.3.0", "554": "5.3.0", "421": "4.3.2"}
+
+
+def fan_out(status: str, count: int) -> str:
+    """One aiosmtpd reply line turned into ``count`` LMTP replies, with enhanced codes."""
+    code, _, text = status.partition(" ")
+    parts = text.split(" ", 1)
+    if not (parts and len(parts[0]) >= 5 and parts[0][1] == "." and parts[0][0] in "245"):
+        text = f"{_ENHANCED.get(code, code[0] + '.0.0')} {text}"
+    return "\r\n".join([f"{code} {text}"] * count)
+
+
+class LMTPServer(LMTP):
+    """aiosmtpd's LMTP with per-recipient DATA replies guaranteed, for Postfix."""
+
+    def __init__(self, handler: IngestHandler, sessions: set[LMTPServer] | None = None, **kwargs):
+        super().__init__(handler, **kwargs)
+        self._sessions = sessions
+        self._data_count = 0  # recipients owed a reply once 354 has been sent
+        self._in_data = False
+
+    # Track live sessions so a shutdown can wait for the busy ones.
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._sessions is not None:
+            self._sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._sessions is not None:
+            self._sessions.discard(self)
+        super().connection_lost(error)
+
+    @property
+    def busy(self) -> bool:
+        """Inside a mail transaction (after MAIL, until the DATA replies are out)."""
+        return self._in_data or bool(self.envelope and self.envelope.mail_from)
+
+    def close_idle(self) -> None:
+        """Shutdown: end an idle (cached) session politely."""
+        if self.transport is not None and not self.busy:
+            self._writer.write(b"421 4.3.2 Service shutting down\r\n")
+            self.transport.close()
+
+    @syntax("LHLO hostname")
+    async def smtp_LHLO(self, arg: str) -> None:
+        """RFC 2033 greeting; advertises PIPELINING and ENHANCEDSTATUSCODES too."""
+        if not arg:
+            await self.push("501 5.5.4 Syntax: LHLO hostname")
+            return
+        self._set_rset_state()
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = arg
+        # a fixed limit: aiosmtpd's EHLO grows this shared value on every greeting
+        self.command_size_limits["MAIL"] = self.command_size_limit + 26 + 10
+        lines = [self.hostname, "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
+        if self.data_size_limit:
+            lines.append(f"SIZE {self.data_size_limit}")
+        for line in lines[:-1]:
+            await self.push(f"250-{line}")
+        await self.push(f"250 {lines[-1]}")
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("LMTP DATA failed")
+            self._set_post_data_state()  # or the next MAIL gets "503 nested MAIL"
+            await self.push(TEMPFAIL)
+        finally:
+            self._in_data = False
+            self._data_count = 0
+
+    async def push(self, status: str | bytes) -> None:
+        if self._in_data and isinstance(status, str):
+            status = self._data_reply(status)
+        await super().push(status)
+
+    def _data_reply(self, status: str) -> str:
+        if status.startswith("354"):
+            assert self.envelope is not None
+            self._data_count = len(self.envelope.rcpt_tos)
+            return status
+        count = self._data_count
+        if not count:  # DATA itself refused (no RCPT, syntax): one reply is right
+            return status
+        lines = status.split("\r\n")
+        if len(lines) == 1:
+            return fan_out(status, count)
+        if len(lines) == count:
+            return status
+        log.error("handler gave %d replies for %d recipients; deferring all", len(lines), count)
+        return fan_out(TEMPFAIL, count)

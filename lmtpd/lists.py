@@ -1,0 +1,140 @@
+"""List rules and message transforms: pure functions over raw bytes and plain values.
+
+The body is never touched: transforms work on the header block only, at byte level,
+so whatever the poster signed or encoded reaches the members as it was sent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.header import Header, decode_header, make_header
+from email.parser import HeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+
+# Headers this list writes itself; an incoming copy of any of them is dropped.
+LIST_HEADERS = ("list-id", "list-post")
+
+_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """What ingest needs to know about a message, read from its header block."""
+
+    author: str | None  # the single From address, domain lower-cased; None if unusable
+    from_problem: str  # why author is None, for the refusal text
+    message_id: str
+    subject: str
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """Split into (header block, rest); ``rest`` starts with the blank line, if any.
+
+    Works with CRLF, bare LF, or a mix, and never alters a byte: the two parts
+    joined give ``raw`` back.
+    """
+    if raw.startswith((b"\r\n", b"\n")):
+        return b"", raw
+    candidates = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
+    if not candidates:
+        return raw, b""
+    cut = min(candidates)
+    # keep the header block's own line ending with it
+    end = cut + (2 if raw.startswith(b"\r\n", cut) else 1)
+    return raw[:end], raw[end:]
+
+
+def header_fields(block: bytes) -> list[bytes]:
+    """The header block as a list of fields, each with its folded continuation lines."""
+    fields: list[bytes] = []
+    for line in block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+    return fields
+
+
+def field_name(field: bytes) -> str:
+    m = _FIELD_NAME.match(field)
+    return m.group(1).decode("ascii").lower() if m else ""
+
+
+def read_headers(raw: bytes) -> HeaderInfo:
+    """Parse the From, Message-ID and Subject of a message, tolerating bad input."""
+    block, _ = split_message(raw)
+    text = block.decode("utf-8", errors="surrogateescape")
+    msg = HeaderParser(policy=compat32).parsestr(text, headersonly=True)
+    froms = msg.get_all("From") or []
+    author: str | None = None
+    problem = ""
+    if not froms:
+        problem = "message has no From header"
+    elif len(froms) > 1:
+        problem = "message has more than one From header"
+    else:
+        addresses = [a for _, a in getaddresses([str(froms[0])]) if a]
+        if len(addresses) != 1 or "@" not in addresses[0]:
+            problem = "From header must name exactly one author address"
+        else:
+            local, _, domain = addresses[0].rpartition("@")
+            if not local or not domain or any(c.isspace() for c in addresses[0]):
+                problem = "From header address is malformed"
+            else:
+                author = f"{local}@{domain.lower()}"
+    return HeaderInfo(
+        author=author,
+        from_problem=problem,
+        message_id=_clean(msg.get("Message-ID", "")),
+        subject=_decoded(msg.get("Subject", "")),
+    )
+
+
+def _clean(value: object) -> str:
+    text = str(value).encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    return " ".join(text.split())
+
+
+def _decoded(value: object) -> str:
+    """An RFC 2047 header as readable text; the raw text if it does not decode."""
+    raw = _clean(value)
+    try:
+        return _clean(make_header(decode_header(raw)))
+    except (ValueError, LookupError, UnicodeError):
+        return raw
+
+
+def list_id_value(name: str, description: str, domain: str) -> str:
+    """RFC 2919 List-Id: an optional phrase and ``<name.domain>``."""
+    ident = f"<{name}.{domain}>"
+    if not description:
+        return ident
+    if description.isascii():
+        phrase = '"' + description.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    else:
+        phrase = Header(description, "utf-8").encode()
+    return f"{phrase} {ident}"
+
+
+def list_header_lines(name: str, description: str, domain: str) -> str:
+    """The header fields every copy of this list's posts carries, CRLF-terminated."""
+    return (
+        f"List-Id: {list_id_value(name, description, domain)}\r\n"
+        f"List-Post: <mailto:{name}@{domain}>\r\n"
+    )
+
+
+def outgoing_copy(raw: bytes, list_headers: str) -> bytes:
+    """The copy a member receives: our list headers first, incoming ones removed.
+
+    Only the header block changes; the body bytes are passed through as they are.
+    """
+    block, rest = split_message(raw)
+    newline = b"\r\n" if (block or rest).find(b"\r\n") >= 0 else b"\n"
+    ours = list_headers.encode("utf-8").replace(b"\r\n", newline)
+    kept = b"".join(f for f in header_fields(block) if field_name(f) not in LIST_HEADERS)
+    if not rest:
+        rest = newline  # a message with no body still ends its header block
+    return ours + kept + rest

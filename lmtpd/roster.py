@@ -1,0 +1,231 @@
+"""The club's roster: members, lists and memberships, and the CSV import.
+
+Parsing a CSV is a pure function that either yields every row or the list of
+bad lines; applying it is one transaction, so a file is imported whole or not.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sqlite3
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from .store import fetchall, fetchone, find_list, find_member, normalize_address
+
+_LIST_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_RESERVED_SUFFIXES = ("-bounces", "-request", "-owner")
+_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+class RosterError(Exception):
+    """A request the roster cannot honour, worded for the operator."""
+
+
+def check_list_name(name: str) -> str:
+    name = name.strip().lower()
+    if not _LIST_NAME.match(name):
+        raise RosterError(f"not a valid list name: {name!r} (letters, digits, '.', '_', '-')")
+    if name.endswith(_RESERVED_SUFFIXES):
+        raise RosterError(f"list names may not end in {', '.join(_RESERVED_SUFFIXES)}: {name!r}")
+    return name
+
+
+def check_address(address: str) -> str:
+    address = address.strip()
+    if not _ADDRESS.match(address) or len(address) > 254:
+        raise RosterError(f"not a valid email address: {address!r}")
+    return normalize_address(address)
+
+
+# -------------------------------------------------------------------- lists
+
+
+async def add_list(
+    db: aiosqlite.Connection, name: str, description: str, posters: str, posts_per_day: int | None, now: float
+) -> None:
+    name = check_list_name(name)
+    if await find_list(db, name):
+        raise RosterError(f"list {name} exists already")
+    await db.execute(
+        "INSERT INTO lists (name, description, posters, posts_per_day, created_at) VALUES (?, ?, ?, ?, ?)",
+        (name, description, posters, posts_per_day, now),
+    )
+
+
+async def remove_list(db: aiosqlite.Connection, name: str) -> None:
+    cur = await db.execute("DELETE FROM lists WHERE name = ?", (name.strip().lower(),))
+    if cur.rowcount == 0:
+        raise RosterError(f"no such list: {name}")
+
+
+async def all_lists(db: aiosqlite.Connection) -> list[dict]:
+    rows = await fetchall(
+        db,
+        """
+        SELECT l.name, l.description, l.posters, l.posts_per_day,
+               (SELECT count(*) FROM memberships ms JOIN members m ON m.id = ms.member_id
+                 WHERE ms.list_id = l.id AND m.active = 1) AS members
+          FROM lists l ORDER BY l.name
+        """,
+    )
+    return [dict(r) for r in rows]
+
+
+# ------------------------------------------------------------------ members
+
+
+async def _list_ids(db: aiosqlite.Connection, names: list[str]) -> dict[str, int]:
+    ids = {}
+    for name in names:
+        row = await find_list(db, name)
+        if row is None:
+            raise RosterError(f"no such list: {name}")
+        ids[row["name"]] = row["id"]
+    return ids
+
+
+async def add_member(
+    db: aiosqlite.Connection, address: str, name: str, lists: list[str], now: float
+) -> tuple[bool, list[str]]:
+    """Add (or update) a member and subscribe to ``lists``; return (created, lists added)."""
+    address = check_address(address)
+    ids = await _list_ids(db, lists)
+    member = await find_member(db, address)
+    created = member is None
+    if member is None:
+        cur = await db.execute(
+            "INSERT INTO members (address, name, created_at) VALUES (?, ?, ?)", (address, name, now)
+        )
+        member_id = cur.lastrowid
+    else:
+        member_id = member["id"]
+        if name and name != member["name"]:
+            await db.execute("UPDATE members SET name = ? WHERE id = ?", (name, member_id))
+    added = []
+    for list_name, list_id in ids.items():
+        cur = await db.execute(
+            "INSERT OR IGNORE INTO memberships (list_id, member_id) VALUES (?, ?)", (list_id, member_id)
+        )
+        if cur.rowcount:
+            added.append(list_name)
+    return created, added
+
+
+async def remove_member(db: aiosqlite.Connection, address: str, lists: list[str]) -> None:
+    """Remove from ``lists``, or from the club altogether when no list is named."""
+    member = await find_member(db, normalize_address(address))
+    if member is None:
+        raise RosterError(f"no such member: {address}")
+    if not lists:
+        await db.execute("DELETE FROM members WHERE id = ?", (member["id"],))
+        return
+    for list_name, list_id in (await _list_ids(db, lists)).items():
+        cur = await db.execute(
+            "DELETE FROM memberships WHERE list_id = ? AND member_id = ?", (list_id, member["id"])
+        )
+        if cur.rowcount == 0:
+            raise RosterError(f"{address} is not a member of {list_name}")
+
+
+async def members(db: aiosqlite.Connection, list_name: str | None = None) -> list[dict]:
+    params: tuple = ()
+    where = ""
+    if list_name:
+        lst = await find_list(db, list_name)
+        if lst is None:
+            raise RosterError(f"no such list: {list_name}")
+        where = "WHERE m.id IN (SELECT member_id FROM memberships WHERE list_id = ?)"
+        params = (lst["id"],)
+    rows = await fetchall(
+        db,
+        f"""
+        SELECT m.address, m.name, m.active,
+               coalesce((SELECT group_concat(name, ' ') FROM (
+                   SELECT l.name FROM memberships ms JOIN lists l ON l.id = ms.list_id
+                    WHERE ms.member_id = m.id ORDER BY l.name)), '') AS lists
+          FROM members m {where} ORDER BY m.address
+        """,
+        params,
+    )
+    return [
+        {"address": r["address"], "name": r["name"], "active": bool(r["active"]),
+         "lists": r["lists"].split()}
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------- CSV import
+
+
+@dataclass(frozen=True)
+class RosterRow:
+    line: int
+    address: str
+    name: str
+    lists: tuple[str, ...]
+
+
+@dataclass
+class ImportReport:
+    added: list[str] = field(default_factory=list)
+    renamed: list[str] = field(default_factory=list)
+    subscribed: list[tuple[str, str]] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def parse_roster(text: str) -> tuple[list[RosterRow], list[str]]:
+    """Rows of ``address,name,lists`` (lists separated by spaces or semicolons).
+
+    A first row starting with ``address`` is a header. Returns the rows and the
+    errors, each naming its line; any error means nothing should be imported.
+    """
+    rows: list[RosterRow] = []
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    reader = csv.reader(io.StringIO(text))
+    for record in reader:
+        line = reader.line_num
+        if not record or all(not cell.strip() for cell in record):
+            continue
+        if line == 1 and record[0].strip().lower() == "address":
+            continue
+        if len(record) > 3:
+            errors.append(f"line {line}: expected address,name,lists but found {len(record)} fields")
+            continue
+        cells = [c.strip() for c in record] + ["", ""]
+        try:
+            address = check_address(cells[0])
+            lists = tuple(check_list_name(n) for n in re.split(r"[;\s]+", cells[2]) if n)
+        except RosterError as exc:
+            errors.append(f"line {line}: {exc}")
+            continue
+        if address in seen:
+            errors.append(f"line {line}: {address} appears already on line {seen[address]}")
+            continue
+        seen[address] = line
+        rows.append(RosterRow(line, address, cells[1], lists))
+    return rows, errors
+
+
+async def import_roster(db: aiosqlite.Connection, rows: list[RosterRow], now: float) -> ImportReport:
+    """Apply parsed rows (inside the caller's transaction); additive and idempotent."""
+    missing = sorted({n for r in rows for n in r.lists} - {r["name"] for r in await fetchall(db, "SELECT name FROM lists")})
+    if missing:
+        lines = {n: next(r.line for r in rows if n in r.lists) for n in missing}
+        raise RosterError("; ".join(f"line {lines[n]}: no such list: {n}" for n in missing))
+    report = ImportReport()
+    for row in rows:
+        before: sqlite3.Row | None = await fetchone(db, "SELECT name FROM members WHERE address = ?", (row.address,))
+        created, subscribed = await add_member(db, row.address, row.name, list(row.lists), now)
+        if created:
+            report.added.append(row.address)
+        elif before is not None and row.name and row.name != before["name"]:
+            report.renamed.append(row.address)
+        report.subscribed.extend((row.address, n) for n in subscribed)
+        if not created and not subscribed and (before is None or not row.name or row.name == before["name"]):
+            report.unchanged += 1
+    return report

@@ -1,0 +1,303 @@
+"""SQLite: connections, the migrations runner, group commit, membership queries.
+
+The database is the single source of truth. Connections run in WAL mode with
+``synchronous=FULL``, so a commit that returned is on disk; the :class:`Writer`
+lets many concurrent LMTP sessions share one commit (and one fsync) without
+giving up that promise: nobody is told "done" before the shared COMMIT returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Job = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+
+class StoreError(Exception):
+    """The database cannot be used (cannot open, migration failed...)."""
+
+
+class SchemaError(StoreError):
+    """The database's schema version is not the one this code speaks."""
+
+
+# ---------------------------------------------------------------- connections
+
+
+async def connect(path: Path) -> aiosqlite.Connection:
+    """Open ``path`` with the settings every lmtpd connection relies on."""
+    db = await aiosqlite.connect(str(path), isolation_level=None)
+    db.row_factory = sqlite3.Row
+    await db.execute("PRAGMA busy_timeout = 15000")
+    await db.execute("PRAGMA journal_mode = WAL")
+    await db.execute("PRAGMA synchronous = FULL")
+    await db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+async def fetchall(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+    async with db.execute(sql, params) as cur:
+        return list(await cur.fetchall())
+
+
+async def fetchone(db: aiosqlite.Connection, sql: str, params: Any = ()) -> sqlite3.Row | None:
+    async with db.execute(sql, params) as cur:
+        return await cur.fetchone()
+
+
+async def transaction(db: aiosqlite.Connection, job: Job[T]) -> T:
+    """Run ``job`` inside BEGIN IMMEDIATE ... COMMIT on a connection of one's own."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        result = await job(db)
+    except BaseException:
+        await db.rollback()
+        raise
+    await db.commit()
+    return result
+
+
+# ----------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+_MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def migrations() -> list[Migration]:
+    """The SQL files shipped with this version, in order."""
+    try:
+        folder: Any = resources.files("lmtpd.migrations")
+    except ModuleNotFoundError:  # running from a source tree that is not installed
+        folder = Path(__file__).resolve().parent.parent / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        m = _MIGRATION_RE.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    for expected, mig in enumerate(found, start=1):
+        if mig.version != expected:
+            raise StoreError(f"migration {expected:04d} is missing")
+    return found
+
+
+async def schema_version(db: aiosqlite.Connection) -> int:
+    row = await fetchone(
+        db, "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
+    )
+    if row is None:
+        return 0
+    row = await fetchone(db, "SELECT coalesce(max(version), 0) FROM schema_migrations")
+    return int(row[0]) if row else 0
+
+
+async def upgrade(db: aiosqlite.Connection, now: float | None = None) -> list[Migration]:
+    """Apply every migration newer than the database, each in its own transaction."""
+    known = migrations()
+    current = await schema_version(db)
+    if current > len(known):
+        raise SchemaError(
+            f"database schema version {current} is newer than this lmtpd knows ({len(known)}); "
+            "upgrade lmtpd"
+        )
+    applied = []
+    for mig in known[current:]:
+        stamp = time.time() if now is None else now
+        script = (
+            "BEGIN IMMEDIATE;\n"
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL);\n"
+            f"{mig.sql}\n;\n"
+            f"INSERT INTO schema_migrations VALUES ({mig.version}, '{mig.name}', {stamp});\n"
+            "COMMIT;"
+        )
+        try:
+            await db.executescript(script)
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                await db.rollback()
+            raise StoreError(f"migration {mig.version:04d}_{mig.name} failed: {exc}") from None
+        log.info("applied migration %04d_%s", mig.version, mig.name)
+        applied.append(mig)
+    return applied
+
+
+async def check_schema(db: aiosqlite.Connection, allow_upgrade: bool) -> None:
+    """Refuse a database newer than this code; upgrade an older one only if allowed.
+
+    A brand-new, empty database is always set up: there is nothing to protect.
+    """
+    known = len(migrations())
+    current = await schema_version(db)
+    if current == known:
+        return
+    if current > known:
+        raise SchemaError(
+            f"database schema version {current} is newer than this lmtpd knows ({known}); "
+            "upgrade lmtpd"
+        )
+    empty = await fetchone(db, "SELECT 1 FROM sqlite_master WHERE type='table' LIMIT 1") is None
+    if current and not allow_upgrade and not empty:
+        raise SchemaError(
+            f"database schema version {current} is older than {known}: "
+            "run 'lmtpd db upgrade' (or 'serve --upgrade')"
+        )
+    await upgrade(db)
+
+
+async def open_database(path: Path, allow_upgrade: bool = False) -> aiosqlite.Connection:
+    """Connect and make sure the schema is the one this code speaks."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from None
+    try:
+        await check_schema(db, allow_upgrade)
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+# --------------------------------------------------------------- group commit
+
+
+@dataclass
+class _Pending:
+    job: Job[Any]
+    future: asyncio.Future[Any]
+
+
+class Writer:
+    """Serialises writes on one connection and commits them in shared batches.
+
+    Each job runs inside its own SAVEPOINT, so a job that raises is rolled back
+    alone; the others in the batch still commit. Results are handed out only
+    after COMMIT returned, so a caller's acknowledgement is always durable.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, max_batch: int = 256):
+        self.db = db
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.jobs = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="lmtpd-writer")
+
+    async def stop(self) -> None:
+        """Commit what was submitted, then stop."""
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        await self._task
+        self._task = None
+
+    async def submit(self, job: Job[T]) -> T:
+        """Run ``job`` in the next batch; return its result once committed.
+
+        The wait is shielded: a caller that goes away (connection lost) does not
+        cancel a job that may already be part of a committing batch.
+        """
+        if self._task is None:
+            raise StoreError("database writer is not running")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(job, fut))
+        return await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[_Pending] = []
+            item = await self._queue.get()
+            while True:
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+                if stopping or len(batch) >= self.max_batch or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        db = self.db
+        results: list[tuple[_Pending, Any, BaseException | None]] = []
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                await db.execute("SAVEPOINT job")
+                try:
+                    value = await item.job(db)
+                except Exception as exc:  # one bad job must not sink the batch
+                    await db.execute("ROLLBACK TO job")
+                    await db.execute("RELEASE job")
+                    results.append((item, None, exc))
+                else:
+                    await db.execute("RELEASE job")
+                    results.append((item, value, None))
+            await db.commit()
+        except Exception as exc:
+            log.error("commit of %d jobs failed: %s", len(batch), exc)
+            try:
+                if db.in_transaction:
+                    await db.rollback()
+            except Exception:
+                log.exception("rollback failed")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.jobs += len(batch)
+        for item, value, error in results:
+            if item.future.done():
+                continue
+            if error is None:
+                item.future.set_result(value)
+            else:
+                item.future.set_exception(error)
+
+
+# ---------------------------------------------------------- members and lists
+
+
+def normalize_address(address: str) -> str:
+    """``Local@Example.ORG`` -> ``Local@example.org``: domains are case-insensitive."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"not an email address: {address!r}")
+    return f"{local}@{domain.lower()}"
+
+
+async def find_list(db: aiosqlite.Connection, name: str) -> sqlite3.Row | None:
+    return await fetchone(db, "SELECT * FROM lists WHERE name = ?", (name.lower(),))
+
+
+async def find_member(db: aiosqlite.Connection, address: str) -> sqlite3.Row | None:
+    return await fetchone(db, "SELECT * FROM members WHERE address = ?", (address,))

@@ -1,0 +1,1 @@
+"""Numbered SQL migrations, installed with the package as ``lmtpd.migrations``."""

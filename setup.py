@@ -1,0 +1,30 @@
+from setuptools import setup
+
+setup(
+    name="lmtpd",
+    version="0.1.0",
+    description="Mailing-list delivery agent for clubs: Postfix in front, LMTP, SQLite queue",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    # migrations/ lives at the top of the repository and installs as lmtpd.migrations
+    packages=["lmtpd", "lmtpd.migrations"],
+    package_dir={"lmtpd.migrations": "migrations"},
+    package_data={"lmtpd.migrations": ["*.sql"]},
+    install_requires=[
+        "aiosmtpd>=1.4.6",
+        "aiosqlite>=0.20",
+        "aiosmtplib>=3.0",
+        "dnspython>=2.6",
+        "click>=8.1",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-asyncio>=0.24", "ruff"],
+    },
+    entry_points={"console_scripts": ["lmtpd = lmtpd.cli:run"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Communications :: Email :: Mailing List Servers",
+    ],
+)

@@ -1,0 +1,190 @@
+"""Shared fixtures: a club on a real SQLite file, a real LMTP server on a Unix
+socket, and aiosmtpd sinks on 127.0.0.1 standing in for the smarthost."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from lmtpd import roster
+from lmtpd.config import Config, load
+from lmtpd.daemon import Service
+from lmtpd.store import open_database, transaction
+
+DATA = Path(__file__).parent / "data"
+
+MEMBERS = {
+    "anna@example.net": ("Anna", ["youth", "trainers"]),
+    "bob@example.net": ("Bob", ["youth"]),
+    "carla@example.com": ("Carla", ["youth", "trainers"]),
+    "dave@example.com": ("Dave", []),
+}
+
+
+class Clock:
+    """Injected time: tests move it instead of sleeping."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: Unix socket paths are limited to ~100 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="lm", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config(folder: Path, listen: str, relay_port: int = 2525, extra: str = "") -> Path:
+    path = folder / "lmtpd.toml"
+    path.write_text(
+        f"""
+domain = "myclub.org"
+database = "club.sqlite3"
+admin = "admin@myclub.org"
+hostname = "lists.myclub.org"
+{extra}
+[lmtp]
+listen = "{listen}"
+socket_mode = "0666"
+max_message_size = 200000
+shutdown_grace = 5
+
+[relay]
+host = "127.0.0.1"
+port = {relay_port}
+connections = 3
+timeout = 10
+
+[limits]
+posts_per_day = 5
+"""
+    )
+    return path
+
+
+async def populate(cfg: Config, members: dict = MEMBERS) -> None:
+    db = await open_database(cfg.database)
+
+    async def fill(db):
+        await roster.add_list(db, "youth", "Youth section", "club", None, 0)
+        await roster.add_list(db, "trainers", "", "list", None, 0)
+        for address, (name, lists) in members.items():
+            await roster.add_member(db, address, name, lists, 0)
+
+    try:
+        await transaction(db, fill)
+    finally:
+        await db.close()
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt: str
+    data: bytes
+
+
+@dataclass
+class Sink:
+    """A scriptable SMTP far end: refuse some recipients, hold DATA, record the rest."""
+
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    hold: asyncio.Event | None = None
+    server: asyncio.AbstractServer | None = None
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        reply = self.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.hold is not None:
+            await self.hold.wait()
+        for rcpt in envelope.rcpt_tos:
+            self.received.append(Received(envelope.mail_from, rcpt, envelope.original_content))
+        return "250 2.0.0 queued"
+
+    def to(self, rcpt: str) -> list[Received]:
+        return [r for r in self.received if r.rcpt == rcpt]
+
+    async def wait_for(self, count: int, timeout: float = 10) -> None:
+        async def poll():
+            while len(self.received) < count:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(poll(), timeout)
+
+
+async def start_sink(port: int = 0) -> Sink:
+    sink = Sink()
+    loop = asyncio.get_running_loop()
+    sink.server = await loop.create_server(
+        lambda: SMTP(sink, hostname="sink.example.net", enable_SMTPUTF8=True), "127.0.0.1", port
+    )
+    sink.port = sink.server.sockets[0].getsockname()[1]
+    return sink
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    s = await start_sink()
+    yield s
+    assert s.server is not None
+    s.server.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def club(short_dir: Path, sink: Sink) -> Config:
+    """A configured club with lists and members; relay points at ``sink``."""
+    cfg = load(write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port))
+    await populate(cfg)
+    return cfg
+
+
+@pytest.fixture
+async def service(club: Config, clock: Clock) -> AsyncIterator[Service]:
+    svc = Service(club, clock=clock)
+    await svc.start()
+    yield svc
+    await svc.stop()
+
+
+def lmtp_target(cfg: Config) -> str:
+    return str(cfg.lmtp.listen)
+
+
+def message(
+    author: str = "Anna <anna@example.net>",
+    subject: str = "Training on Saturday",
+    body: str = "See you at 10.\r\n",
+    extra: str = "",
+) -> bytes:
+    return (
+        f"From: {author}\r\nTo: youth@myclub.org\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{abs(hash((author, subject, body)))}@example.net>\r\n"
+        f"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n{extra}\r\n{body}"
+    ).encode()

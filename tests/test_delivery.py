@@ -1,0 +1,130 @@
+"""The delivery worker against real SMTP far ends on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from email import message_from_bytes
+
+from lmtpd import queue
+from lmtpd.config import QueueConfig
+from lmtpd.delivery import Worker
+from lmtpd.store import Writer, open_database
+
+from . import lmtpclient
+from .conftest import Clock, Sink, lmtp_target, message
+from .test_ingest import rows
+
+YOUTH = ["anna@example.net", "bob@example.net", "carla@example.com"]
+
+
+async def test_every_member_gets_one_copy_with_list_headers(service, club, sink: Sink):
+    original = message(body="Line one\r\n.leading dot\r\n")
+    t = await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], original)
+    assert t.data[0].startswith("250")
+    await sink.wait_for(3)
+    assert sorted(r.rcpt for r in sink.received) == YOUTH
+    for copy in sink.received:
+        assert copy.mail_from == "youth-bounces@myclub.org"
+        msg = message_from_bytes(copy.data)
+        assert msg["List-Id"] == '"Youth section" <youth.myclub.org>'
+        assert msg["List-Post"] == "<mailto:youth@myclub.org>"
+        assert copy.data.endswith(original.split(b"\r\n\r\n", 1)[1])  # body untouched
+    states = {r["state"] for r in rows(club, "SELECT state FROM deliveries")}
+    assert states == {"sent"}
+
+
+async def test_two_lists_at_once_each_member_one_copy_per_list(service, club, sink: Sink):
+    t = await lmtpclient.send(
+        lmtp_target(club), "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"], message()
+    )
+    assert [r[:3] for r in t.data] == ["250", "250"]
+    await sink.wait_for(5)
+    by_list = {}
+    for r in sink.received:
+        by_list.setdefault(r.mail_from, []).append(r.rcpt)
+    assert sorted(by_list["youth-bounces@myclub.org"]) == YOUTH
+    assert sorted(by_list["trainers-bounces@myclub.org"]) == ["anna@example.net", "carla@example.com"]
+
+
+async def test_replies_decide_sent_deferred_failed(service, club, sink: Sink, clock: Clock):
+    sink.rcpt_replies = {
+        "bob@example.net": "451 4.2.0 mailbox busy",
+        "carla@example.com": "550 5.1.1 no such user",
+    }
+    await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message())
+    await sink.wait_for(1)
+    for _ in range(100):
+        states = {r["recipient"]: r for r in rows(club, "SELECT * FROM deliveries")}
+        if all(r["attempts"] for r in states.values()):
+            break
+        await asyncio.sleep(0.05)
+    assert states["anna@example.net"]["state"] == "sent"
+    bob = states["bob@example.net"]
+    assert bob["state"] == "pending" and bob["last_reply"].startswith("451 4.2.0")
+    assert clock.now + 270 <= bob["next_attempt_at"] <= clock.now + 330  # minimal_backoff, jittered
+    assert states["carla@example.com"]["state"] == "failed"
+    assert states["carla@example.com"]["last_reply"] == "550 5.1.1 no such user"
+    assert bob["lease_owner"] is None
+
+
+def test_backoff_follows_age_within_bounds():
+    cfg = QueueConfig(minimal_backoff=300, maximal_backoff=3600)
+    rng = random.Random(1)
+    assert 270 <= queue.backoff(10, cfg, rng) <= 330
+    assert 1800 <= queue.backoff(2000, cfg, rng) <= 2200
+    assert 3240 <= queue.backoff(86400, cfg, rng) <= 3960
+
+
+def test_expiry_turns_a_deferral_into_a_failure():
+    cfg = QueueConfig(max_queue_lifetime=7200)
+    temp = queue.Result(1, 451, "451 4.2.0 busy")
+    state, _, _ = queue.next_state(temp, created_at=0, now=1000, cfg=cfg)
+    assert state == queue.PENDING
+    state, _, reply = queue.next_state(temp, created_at=0, now=7000, cfg=cfg)
+    assert state == queue.FAILED and reply.startswith("4.4.7")
+
+
+async def test_retries_with_injected_clock_until_delivered(club, sink: Sink, clock: Clock):
+    """A far end that is down, then up: the worker retries on schedule, no sleeping."""
+    from lmtpd.ingest import IngestHandler
+
+    db = await open_database(club.database)
+    writer = Writer(db)
+    writer.start()
+    handler = IngestHandler(club, writer, db, clock)
+    replies = await handler.decide("anna@example.net", ["youth@myclub.org"], message())
+    assert replies[0].startswith("250")
+    sink.rcpt_replies = {a: "421 4.3.2 try later" for a in YOUTH}
+    worker = Worker(club, writer, db, clock, random.Random(7))
+    assert (await worker.deliver_due())["pending"] == 3
+    assert await worker.deliver_due() == {}  # nothing due yet
+    clock.advance(200)
+    assert await worker.deliver_due() == {}
+    clock.advance(200)  # past minimal_backoff (300 s, jittered)
+    sink.rcpt_replies = {}
+    assert (await worker.deliver_due())["sent"] == 3
+    assert sorted(r.rcpt for r in sink.received) == YOUTH
+    await worker.close()
+    await writer.stop()
+    await db.close()
+
+
+async def test_unreachable_relay_defers_everything(club, clock: Clock):
+    from dataclasses import replace
+
+    from lmtpd.config import RelayConfig
+    from lmtpd.ingest import IngestHandler
+
+    cfg = replace(club, relay=RelayConfig(host="127.0.0.1", port=1, connections=2, timeout=2))
+    db = await open_database(cfg.database)
+    writer = Writer(db)
+    writer.start()
+    handler = IngestHandler(cfg, writer, db, clock)
+    await handler.decide("anna@example.net", ["youth@myclub.org"], message())
+    counts = await Worker(cfg, writer, db, clock).deliver_due()
+    assert counts["pending"] == 3 and counts["unreachable"] == 3
+    last = rows(cfg, "SELECT last_reply FROM deliveries")[0][0]
+    assert last.startswith("4.4.1 127.0.0.1:1")
+    await writer.stop()
+    await db.close()

@@ -1,0 +1,252 @@
+"""The LMTP conversation: one reply per accepted recipient, in order, durable 250s."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from lmtpd.config import Config
+from lmtpd.store import open_database, transaction
+
+from . import lmtpclient
+from .conftest import Sink, lmtp_target, message
+
+
+def rows(cfg: Config, sql: str, params=()) -> list[sqlite3.Row]:
+    db = sqlite3.connect(cfg.database)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+def codes(replies: list[str]) -> list[str]:
+    return [r[:3] for r in replies]
+
+
+async def test_lhlo_advertises_what_rfc2033_wants(service, club):
+    t = await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message())
+    assert t.greeting.startswith("220 lists.myclub.org")
+    keywords = {line[4:].split()[0] for line in t.lhlo}
+    assert {"PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "SIZE"} <= keywords
+
+
+async def test_rcpt_checks(service, club):
+    t = await lmtpclient.send(
+        lmtp_target(club),
+        "anna@example.net",
+        ["nosuchlist@myclub.org", "youth@example.org", "Youth@MyClub.ORG"],
+        message(),
+    )
+    assert t.rcpt[0].startswith("550 5.1.1")
+    assert t.rcpt[1].startswith("550 5.1.2")
+    assert t.rcpt[2].startswith("250 2.1.5")
+    assert codes(t.data) == ["250"]
+
+
+async def test_one_recipient_is_stored_with_one_copy_per_member(service, club):
+    t = await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message())
+    assert codes(t.data) == ["250"]
+    copies = rows(club, "SELECT recipient, state FROM deliveries ORDER BY recipient")
+    assert [r["recipient"] for r in copies] == ["anna@example.net", "bob@example.net", "carla@example.com"]
+    msg = rows(club, "SELECT * FROM messages")[0]
+    assert bytes(msg["raw"]) == message()
+    assert msg["author"] == "anna@example.net"
+
+
+@pytest.fixture
+async def broken_list(club: Config) -> str:
+    """A list whose posts cannot be stored: a real SQLite error, raised by a trigger."""
+    db = await open_database(club.database)
+
+    async def setup(db):
+        await db.execute(
+            "INSERT INTO lists (name, description, posters, created_at) VALUES ('broken', '', 'club', 0)"
+        )
+        await db.execute(
+            "CREATE TRIGGER fail_broken BEFORE INSERT ON posts WHEN NEW.list_name = 'broken' "
+            "BEGIN SELECT RAISE(ABORT, 'simulated disk trouble'); END"
+        )
+
+    await transaction(db, setup)
+    await db.close()
+    return "broken@myclub.org"
+
+
+async def test_three_recipients_accepted_refused_failing(service, club, broken_list):
+    # anna posts; trainers is open to its members (anna is one); dave is in no list
+    t = await lmtpclient.send(
+        lmtp_target(club),
+        "anna@example.net",
+        ["trainers@myclub.org", broken_list, "youth@myclub.org"],
+        message(),
+    )
+    assert codes(t.data) == ["250", "451", "250"]
+    assert t.data[1].startswith("451 4.3.0")
+    lists = [r["list_name"] for r in rows(club, "SELECT list_name FROM posts ORDER BY id")]
+    assert lists == ["trainers", "youth"]
+
+
+async def test_poster_rules_per_list(service, club):
+    # bob is a club member but not in trainers (posters=list); dave is in no list at all
+    t = await lmtpclient.send(
+        lmtp_target(club),
+        "bob@example.net",
+        ["trainers@myclub.org", "youth@myclub.org"],
+        message(author="Bob <bob@EXAMPLE.net>"),
+    )
+    assert codes(t.data) == ["550", "250"]
+    assert t.data[0].startswith("550 5.7.1 only members of trainers")
+    t = await lmtpclient.send(
+        lmtp_target(club), "dave@example.com", ["youth@myclub.org"], message(author="dave@example.com")
+    )
+    assert codes(t.data) == ["250"]
+    t = await lmtpclient.send(
+        lmtp_target(club), "x@example.org", ["youth@myclub.org"], message(author="x@example.org")
+    )
+    assert t.data[0].startswith("550 5.7.1 <x@example.org> is not a member")
+
+
+async def test_fifty_recipients_mixed(service, club, broken_list):
+    pattern = ["youth@myclub.org", "trainers@myclub.org", broken_list, "gone@myclub.org", "x@example.org"]
+    rcpts = [pattern[i % len(pattern)] for i in range(50)]
+    # bob: youth accepts, trainers refuses (not a list member), broken fails
+    t = await lmtpclient.send(lmtp_target(club), "bob@example.net", rcpts, message(author="bob@example.net"))
+    accepted = [r for r, reply in zip(rcpts, t.rcpt) if reply.startswith("250")]
+    assert len(accepted) == 30
+    expected = {"youth@myclub.org": "250", "trainers@myclub.org": "550", broken_list: "451"}
+    assert codes(t.data) == [expected[r] for r in accepted]
+    assert len(rows(club, "SELECT * FROM posts")) == 1
+
+
+async def test_missing_from_is_refused_for_every_recipient(service, club):
+    data = b"Subject: no author\r\n\r\nbody\r\n"
+    t = await lmtpclient.send(
+        lmtp_target(club), "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"], data
+    )
+    assert [r[:9] for r in t.data] == ["550 5.6.0"] * 2
+    assert rows(club, "SELECT * FROM messages") == []
+
+
+async def test_oversize_message_gets_one_552_per_recipient(service, club):
+    big = message(body="x" * 900 + "\r\n") * 1 + (("y" * 900 + "\r\n") * 300).encode()
+    rcpts = ["youth@myclub.org", "trainers@myclub.org", "youth@myclub.org"]
+    reader, writer = await lmtpclient.connect(lmtp_target(club))
+    await lmtpclient.read_reply(reader)
+    writer.write(b"LHLO c.example.org\r\nMAIL FROM:<anna@example.net>\r\n")
+    await lmtpclient.read_reply(reader)
+    await lmtpclient.read_reply(reader)
+    for r in rcpts:
+        writer.write(f"RCPT TO:<{r}>\r\n".encode())
+        assert (await lmtpclient.read_reply(reader))[0].startswith("250")
+    writer.write(b"DATA\r\n")
+    assert (await lmtpclient.read_reply(reader))[0].startswith("354")
+    writer.write(lmtpclient.dot_stuff(big))
+    replies = [(await lmtpclient.read_reply(reader))[0] for _ in rcpts]
+    assert all(r.startswith("552 5.3.4") for r in replies), replies
+    assert await lmtpclient.no_more_replies(reader)
+    # the session is still usable: a normal message follows on the same connection
+    writer.write(b"MAIL FROM:<anna@example.net>\r\nRCPT TO:<youth@myclub.org>\r\nDATA\r\n")
+    for _ in range(3):
+        await lmtpclient.read_reply(reader)
+    writer.write(lmtpclient.dot_stuff(message()))
+    assert (await lmtpclient.read_reply(reader))[0].startswith("250")
+    writer.close()
+    assert rows(club, "SELECT count(*) FROM messages")[0][0] == 1
+
+
+async def test_overlong_line_gets_one_reply_per_recipient(service, club):
+    data = message(body="z" * 5000 + "\r\n")
+    rcpts = ["youth@myclub.org", "trainers@myclub.org", "youth@myclub.org"]
+    t = await lmtpclient.send(lmtp_target(club), "anna@example.net", rcpts, data)
+    assert len(t.data) == 3
+    assert all(r.startswith("500 5.5.2") for r in t.data), t.data
+    assert rows(club, "SELECT count(*) FROM messages")[0][0] == 0
+
+
+async def test_internal_error_answers_451_per_recipient(service, club):
+    service.writer.max_batch = 1
+
+    async def explode(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    service.handler.decide = explode
+    t = await lmtpclient.send(
+        lmtp_target(club), "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"], message()
+    )
+    assert [r[:9] for r in t.data] == ["451 4.3.0"] * 2
+
+
+async def test_exception_inside_aiosmtpd_data_still_gives_n_replies(service, club):
+    async def explode(*args, **kwargs):
+        raise RuntimeError("bug below the handler")
+
+    service.handler.handle_DATA = explode  # the protocol class must still answer per recipient
+    reader, writer = await lmtpclient.connect(lmtp_target(club))
+    await lmtpclient.read_reply(reader)
+    writer.write(b"LHLO c.example.org\r\nMAIL FROM:<a@example.net>\r\n")
+    await lmtpclient.read_reply(reader)
+    await lmtpclient.read_reply(reader)
+    for _ in range(3):
+        writer.write(b"RCPT TO:<youth@myclub.org>\r\n")
+        await lmtpclient.read_reply(reader)
+    writer.write(b"DATA\r\n")
+    await lmtpclient.read_reply(reader)
+    writer.write(lmtpclient.dot_stuff(message()))
+    replies = [(await lmtpclient.read_reply(reader))[0] for _ in range(3)]
+    assert all(r.startswith("451 4.3.0") for r in replies)
+    assert await lmtpclient.no_more_replies(reader)
+    writer.write(b"MAIL FROM:<a@example.net>\r\n")  # envelope was reset: no "nested MAIL"
+    assert (await lmtpclient.read_reply(reader))[0].startswith("250")
+    writer.close()
+
+
+async def test_database_gone_answers_451(service, club):
+    await service.writer.stop()  # nothing can be committed any more
+    t = await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message())
+    assert codes(t.data) == ["451"]
+    service.writer.start()
+
+
+async def test_quota_is_atomic_under_concurrency(service, club, sink: Sink):
+    # posts_per_day = 5 in the test config: 20 concurrent posts, exactly 5 accepted
+    posts = [
+        lmtpclient.send(
+            lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message(subject=f"post {i}")
+        )
+        for i in range(20)
+    ]
+    results = await asyncio.gather(*posts)
+    replies = [t.data[0] for t in results]
+    assert sum(r.startswith("250") for r in replies) == 5
+    refused = [r for r in replies if not r.startswith("250")]
+    assert len(refused) == 15
+    assert all(r.startswith("550 5.7.1 daily limit reached") for r in refused)
+    assert rows(club, "SELECT posts FROM quota_use")[0][0] == 5
+
+
+async def test_quota_resets_the_next_day(service, club, clock):
+    for i in range(5):
+        t = await lmtpclient.send(lmtp_target(club), "bob@example.net", ["youth@myclub.org"],
+                                  message(author="bob@example.net", subject=str(i)))
+        assert codes(t.data) == ["250"]
+    t = await lmtpclient.send(lmtp_target(club), "bob@example.net", ["youth@myclub.org"],
+                              message(author="bob@example.net"))
+    assert codes(t.data) == ["550"]
+    clock.advance(86400)
+    t = await lmtpclient.send(lmtp_target(club), "bob@example.net", ["youth@myclub.org"],
+                              message(author="bob@example.net"))
+    assert codes(t.data) == ["250"]
+
+
+async def test_bare_lf_and_utf8_headers_are_kept_byte_for_byte(service, club):
+    # bare LF inside; the last line ends in CRLF, as the end-of-data marker needs
+    data = "From: Zoë <anna@example.net>\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\n\nKörper\r\n".encode()
+    t = await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], data)
+    assert codes(t.data) == ["250"]
+    msg = rows(club, "SELECT raw, subject FROM messages")[0]
+    assert bytes(msg["raw"]) == data
+    assert msg["subject"] == "Grüße"
