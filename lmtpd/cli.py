@@ -47,12 +47,12 @@ class State:
                 fail(f"config error: {exc}", os.EX_CONFIG)
         return self._config
 
-    def run(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], allow_upgrade: bool = False) -> T:
+    def run(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], check: bool = True) -> T:
         """Open the database, run ``fn`` on it, close it; map failures to exit codes."""
         cfg = self.config
 
         async def main() -> T:
-            db = await open_database(cfg.database, allow_upgrade)
+            db = await open_database(cfg.database, check=check)
             try:
                 return await fn(db)
             finally:
@@ -144,7 +144,7 @@ def db_upgrade(state: State) -> None:
     async def run(conn: aiosqlite.Connection) -> list:
         return await upgrade(conn)
 
-    applied = state.run(run, allow_upgrade=True)
+    applied = state.run(run, check=False)
     click.echo(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
 
 

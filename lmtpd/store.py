@@ -158,7 +158,7 @@ async def check_schema(db: aiosqlite.Connection, allow_upgrade: bool) -> None:
             "upgrade lmtpd"
         )
     empty = await fetchone(db, "SELECT 1 FROM sqlite_master WHERE type='table' LIMIT 1") is None
-    if current and not allow_upgrade and not empty:
+    if not empty and not allow_upgrade:
         raise SchemaError(
             f"database schema version {current} is older than {known}: "
             "run 'lmtpd db upgrade' (or 'serve --upgrade')"
@@ -166,15 +166,16 @@ async def check_schema(db: aiosqlite.Connection, allow_upgrade: bool) -> None:
     await upgrade(db)
 
 
-async def open_database(path: Path, allow_upgrade: bool = False) -> aiosqlite.Connection:
-    """Connect and make sure the schema is the one this code speaks."""
+async def open_database(path: Path, allow_upgrade: bool = False, check: bool = True) -> aiosqlite.Connection:
+    """Connect and (unless ``check`` is off) make sure the schema is the one this code speaks."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await connect(path)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from None
     try:
-        await check_schema(db, allow_upgrade)
+        if check:
+            await check_schema(db, allow_upgrade)
     except BaseException:
         await db.close()
         raise

@@ -3,7 +3,7 @@
 
 CREATE TABLE members (
     id          INTEGER PRIMARY KEY,
-    address     TEXT    NOT NULL UNIQUE,
+    address     TEXT    NOT NULL UNIQUE COLLATE NOCASE,  -- mailboxes differing only in case are one
     name        TEXT    NOT NULL DEFAULT '',
     active      INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
     created_at  REAL    NOT NULL

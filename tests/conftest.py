@@ -49,7 +49,9 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def write_config(folder: Path, listen: str, relay_port: int = 2525, extra: str = "") -> Path:
+def write_config(
+    folder: Path, listen: str, relay_port: int = 2525, extra: str = "", posts_per_day: int = 5
+) -> Path:
     path = folder / "lmtpd.toml"
     path.write_text(
         f"""
@@ -71,7 +73,7 @@ connections = 3
 timeout = 10
 
 [limits]
-posts_per_day = 5
+posts_per_day = {posts_per_day}
 """
     )
     return path
@@ -108,6 +110,7 @@ class Sink:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     hold: asyncio.Event | None = None
     server: asyncio.AbstractServer | None = None
+    data_started: int = 0
 
     async def handle_RCPT(self, server, session, envelope, address, options):
         reply = self.rcpt_replies.get(address)
@@ -117,6 +120,7 @@ class Sink:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        self.data_started += 1
         if self.hold is not None:
             await self.hold.wait()
         for rcpt in envelope.rcpt_tos:
@@ -126,12 +130,18 @@ class Sink:
     def to(self, rcpt: str) -> list[Received]:
         return [r for r in self.received if r.rcpt == rcpt]
 
-    async def wait_for(self, count: int, timeout: float = 10) -> None:
-        async def poll():
-            while len(self.received) < count:
-                await asyncio.sleep(0.02)
+    async def wait_for(self, count: int, seconds: float = 10) -> None:
+        await eventually(lambda: len(self.received) >= count, seconds)
 
-        await asyncio.wait_for(poll(), timeout)
+
+async def eventually(condition, seconds: float = 10, what: str = "") -> None:
+    """Poll ``condition`` until true; fail after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await asyncio.sleep(0.02)
 
 
 async def start_sink(port: int = 0) -> Sink:
@@ -171,6 +181,41 @@ async def service(club: Config, clock: Clock) -> AsyncIterator[Service]:
     await svc.start()
     yield svc
     await svc.stop()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def start_serve(config: Path, *args: str) -> asyncio.subprocess.Process:
+    """``lmtpd serve`` as its own process, from this source tree; waits for the socket."""
+    import os
+    import sys
+
+    from lmtpd.config import load as load_config
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lmtpd", "--config", str(config), "serve", *args, env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    listen = load_config(config).lmtp.listen
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        if proc.returncode is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {await proc.stderr.read()}")
+        try:
+            if listen.path is not None:
+                _, w = await asyncio.open_unix_connection(str(listen.path))
+            else:
+                _, w = await asyncio.open_connection(listen.host, listen.port)
+            w.close()
+            return proc
+        except OSError:
+            if loop.time() > deadline:
+                proc.kill()
+                raise AssertionError("serve did not start listening") from None
+            await asyncio.sleep(0.05)
 
 
 def lmtp_target(cfg: Config) -> str:

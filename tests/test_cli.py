@@ -1,0 +1,201 @@
+"""The operator's commands, run as a real process would run them (CliRunner)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lmtpd.cli import main
+
+from .conftest import write_config
+
+
+@pytest.fixture
+def cfg_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path, "127.0.0.1:8024", relay_port=1)
+
+
+def run(cfg_path: Path, *args: str, input: str | None = None):
+    return CliRunner().invoke(main, ["--config", str(cfg_path), *args], input=input)
+
+
+# ------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("domain = 'myclub.org'\n", "database: required key is missing"),
+        ("domain = 'not a domain'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n",
+         "domain: not a domain name"),
+        ("domain = 'myclub.org'\ndatabase='x'\nadmin='nobody'\n[lmtp]\nlisten='127.0.0.1:1'\n",
+         "admin: not an email address"),
+        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='somewhere'\n",
+         "[lmtp] listen: expected 'unix:/path' or 'HOST:PORT'"),
+        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
+         "max_message_size = 'big'\n", "[lmtp] max_message_size: expected a whole number"),
+        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
+         "[relay]\nprot = 25\n", "[relay] prot: unknown key"),
+        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
+         "[limits]\nposts_per_day = -1\n", "[limits] posts_per_day: must be at least 0"),
+        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
+         "socket_mode = '999'\n", "[lmtp] socket_mode: expected an octal mode"),
+        ("domain = = 'x'\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_are_one_line_and_exit_78(tmp_path: Path, text: str, expected: str):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    for command in (["check-config"], ["serve"], ["lists", "list"]):
+        result = run(path, *command)
+        assert result.exit_code == 78, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1, result.output
+        assert lines[0].startswith(f"lmtpd: config error: {path}: ")
+        assert expected in lines[0]
+
+
+def test_missing_config_file(tmp_path: Path):
+    result = run(tmp_path / "nope.toml", "check-config")
+    assert result.exit_code == 78
+    assert result.output.strip() == f"lmtpd: config error: {tmp_path / 'nope.toml'}: file not found"
+
+
+def test_no_config_at_all():
+    env = {k: v for k, v in os.environ.items() if k != "LMTPD_CONFIG"}
+    proc = subprocess.run([sys.executable, "-m", "lmtpd", "check-config"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 78
+    assert proc.stderr.strip() == "lmtpd: config error: no configuration file: pass --config PATH or set LMTPD_CONFIG"
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_from_environment(cfg_path: Path):
+    result = CliRunner().invoke(main, ["check-config"], env={"LMTPD_CONFIG": str(cfg_path)})
+    assert result.exit_code == 0
+    assert "OK (domain myclub.org" in result.output
+
+
+# ---------------------------------------------------------- lists, members
+
+
+def test_lists_and_members(cfg_path: Path):
+    assert run(cfg_path, "lists", "add", "youth", "--description", "Youth section").exit_code == 0
+    assert run(cfg_path, "lists", "add", "trainers", "--posters", "list", "--posts-per-day", "2").exit_code == 0
+    dup = run(cfg_path, "lists", "add", "Youth")
+    assert dup.exit_code == 65 and "exists already" in dup.output
+    assert run(cfg_path, "lists", "add", "youth-bounces").exit_code == 65
+    assert run(cfg_path, "members", "add", "Anna@Example.NET", "--name", "Anna", "--list", "youth").exit_code == 0
+    assert run(cfg_path, "members", "add", "anna@example.net", "--list", "trainers").exit_code == 0
+    assert run(cfg_path, "members", "add", "bob@example.net", "--list", "nope").exit_code == 65
+    listed = json.loads(run(cfg_path, "members", "list", "--json").output)
+    # one member: the domain is case-insensitive, and so (in practice) is the local part
+    assert listed == [{"address": "Anna@example.net", "name": "Anna", "active": True, "lists": ["trainers", "youth"]}]
+    lists = {r["name"]: r for r in json.loads(run(cfg_path, "lists", "list", "--json").output)}
+    assert lists["trainers"]["posters"] == "list" and lists["trainers"]["posts_per_day"] == 2
+    assert lists["youth"]["members"] == 1
+    assert run(cfg_path, "members", "remove", "anna@example.net", "--list", "youth").exit_code == 0
+    assert json.loads(run(cfg_path, "members", "list", "--list", "youth", "--json").output) == []
+    assert run(cfg_path, "lists", "remove", "trainers").exit_code == 0
+    assert "youth@myclub.org" in run(cfg_path, "lists", "list").output
+
+
+GOOD_CSV = """address,name,lists
+anna@example.net,Anna,youth trainers
+bob@example.net,"Bob, Jr.",youth
+carla@example.com,,
+"""
+
+
+def test_csv_import_is_idempotent_and_reports_changes(cfg_path: Path, tmp_path: Path):
+    run(cfg_path, "lists", "add", "youth")
+    run(cfg_path, "lists", "add", "trainers")
+    csv_file = tmp_path / "members.csv"
+    csv_file.write_text(GOOD_CSV)
+    first = run(cfg_path, "members", "import", str(csv_file))
+    assert first.exit_code == 0, first.output
+    assert "3 added, 0 renamed, 3 subscriptions added, 0 unchanged" in first.output
+    second = run(cfg_path, "members", "import", str(csv_file))
+    assert second.exit_code == 0
+    assert "0 added, 0 renamed, 0 subscriptions added, 3 unchanged" in second.output
+    csv_file.write_text("bob@example.net,Robert,youth;trainers\n")
+    third = run(cfg_path, "members", "import", str(csv_file))
+    assert "renamed bob@example.net" in third.output
+    assert "subscribed bob@example.net to trainers" in third.output
+    members = {m["address"]: m for m in json.loads(run(cfg_path, "members", "list", "--json").output)}
+    assert members["bob@example.net"]["name"] == "Robert"
+    assert members["carla@example.com"]["lists"] == []
+
+
+def test_csv_import_rejects_bad_rows_with_line_numbers_and_imports_nothing(cfg_path: Path, tmp_path: Path):
+    run(cfg_path, "lists", "add", "youth")
+    csv_file = tmp_path / "members.csv"
+    csv_file.write_text(
+        "address,name,lists\n"
+        "anna@example.net,Anna,youth\n"
+        "not-an-address,X,youth\n"
+        "bob@example.net,Bob,youth,extra\n"
+        "anna@example.net,Again,youth\n"
+        "dora@example.org,Dora,Bad List!\n"
+    )
+    result = run(cfg_path, "members", "import", str(csv_file))
+    assert result.exit_code == 65
+    out = result.output
+    assert "line 3: not a valid email address: 'not-an-address'" in out
+    assert "line 4: expected address,name,lists but found 4 fields" in out
+    assert "line 5: anna@example.net appears already on line 2" in out
+    assert "line 6: not a valid list name" in out
+    assert "4 bad row(s); nothing imported" in out
+    assert json.loads(run(cfg_path, "members", "list", "--json").output) == []
+
+
+def test_csv_import_unknown_list_imports_nothing(cfg_path: Path, tmp_path: Path):
+    run(cfg_path, "lists", "add", "youth")
+    csv_file = tmp_path / "members.csv"
+    csv_file.write_text("anna@example.net,Anna,youth\nbob@example.net,Bob,chess\n")
+    result = run(cfg_path, "members", "import", str(csv_file))
+    assert result.exit_code == 65
+    assert "line 2: no such list: chess" in result.output
+    assert json.loads(run(cfg_path, "members", "list", "--json").output) == []
+
+
+# ------------------------------------------------------------------ database
+
+
+def test_database_newer_than_code_is_refused(cfg_path: Path, tmp_path: Path):
+    assert run(cfg_path, "lists", "list").exit_code == 0  # creates the database
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "club.sqlite3")
+    db.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+    db.commit()
+    db.close()
+    for command in (["serve"], ["lists", "list"], ["db", "upgrade"]):
+        result = run(cfg_path, *command)
+        assert result.exit_code == 78
+        assert "newer than this lmtpd knows" in result.output
+
+
+def test_older_database_needs_an_explicit_upgrade(cfg_path: Path, tmp_path: Path):
+    import sqlite3
+
+    from lmtpd.store import migrations
+
+    # an existing database that has not had every migration applied (here: none)
+    db = sqlite3.connect(tmp_path / "club.sqlite3")
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
+    db.commit()
+    db.close()
+    for command in (["serve"], ["lists", "list"]):
+        result = run(cfg_path, *command)
+        assert result.exit_code == 78
+        assert "is older than" in result.output and "lmtpd db upgrade" in result.output
+    result = run(cfg_path, "db", "upgrade")
+    assert result.output.strip() == f"applied {len(migrations())} migration(s)"
+    assert run(cfg_path, "db", "upgrade").output.strip() == "database is up to date"
+    assert run(cfg_path, "lists", "list").exit_code == 0

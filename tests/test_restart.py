@@ -1,0 +1,83 @@
+"""Crash safety: kill -9 after the 250, before delivery finished; a new serve delivers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+
+from lmtpd.config import load
+
+from . import lmtpclient
+from .conftest import Sink, eventually, lmtp_target, message, populate, start_serve, write_config
+
+YOUTH = {"anna@example.net", "bob@example.net", "carla@example.com"}
+
+
+async def test_kill_9_after_250_loses_nothing(short_dir, sink: Sink):
+    config = write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port)
+    cfg = load(config)
+    await populate(cfg)
+    sink.hold = asyncio.Event()  # the far end takes the copies but never answers
+
+    proc = await start_serve(config)
+    t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org"], message())
+    assert t.data[0].startswith("250")
+    await eventually(lambda: sink.data_started >= 1, what="the worker to start relaying")
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+
+    db = sqlite3.connect(cfg.database)
+    pending = db.execute("SELECT count(*) FROM deliveries WHERE state = 'pending'").fetchone()[0]
+    leased = db.execute("SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL").fetchone()[0]
+    db.close()
+    assert pending == 3 and leased >= 1  # acknowledged, claimed, not yet delivered
+
+    sink.hold.set()  # the far end recovers; whatever it had received counts as delivered
+    sink.hold = None
+    proc = await start_serve(config)  # the socket left by the killed process is replaced
+    try:
+        await eventually(lambda: {r.rcpt for r in sink.received} >= YOUTH, what="redelivery")
+
+        def all_sent() -> bool:
+            db = sqlite3.connect(cfg.database)
+            try:
+                states = db.execute("SELECT state FROM deliveries").fetchall()
+            finally:
+                db.close()
+            return [s for (s,) in states] == ["sent"] * 3
+
+        await eventually(all_sent, what="queue to empty")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert not cfg.lmtp.listen.path.exists()  # removed on a clean shutdown
+    duplicates = len(sink.received) - len(YOUTH)
+    print(f"copies received: {len(sink.received)} for {len(YOUTH)} members ({duplicates} duplicates)")
+
+
+async def test_sigterm_finishes_a_session_inside_a_transaction(short_dir, sink: Sink):
+    config = write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port)
+    cfg = load(config)
+    await populate(cfg)
+    proc = await start_serve(config)
+    reader, writer = await lmtpclient.connect(lmtp_target(cfg))
+    await lmtpclient.read_reply(reader)
+    writer.write(b"LHLO c.example.org\r\nMAIL FROM:<anna@example.net>\r\nRCPT TO:<youth@myclub.org>\r\n")
+    for _ in range(3):
+        await lmtpclient.read_reply(reader)
+    # an idle cached connection is closed politely at shutdown
+    idle_reader, idle_writer = await lmtpclient.connect(lmtp_target(cfg))
+    await lmtpclient.read_reply(idle_reader)
+    proc.send_signal(signal.SIGTERM)
+    assert (await lmtpclient.read_reply(idle_reader))[0].startswith("421 4.3.2")
+    writer.write(b"DATA\r\n")
+    assert (await lmtpclient.read_reply(reader))[0].startswith("354")
+    writer.write(lmtpclient.dot_stuff(message()))
+    assert (await lmtpclient.read_reply(reader))[0].startswith("250")
+    writer.close()
+    idle_writer.close()
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    db = sqlite3.connect(cfg.database)
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    db.close()
