@@ -310,9 +310,9 @@ def queue_flush(state: State) -> None:
         setup_logging(state.verbose)
 
     async def run(db: aiosqlite.Connection) -> Any:
-        writer = Writer(db)
-        writer.start()
-        worker = Worker(cfg, writer, db, time.time)
+        writer = Writer(cfg.database)
+        await writer.start()
+        worker = Worker(cfg, writer, None, time.time)
         try:
             await writer.submit(queue.release_dead_leases)
             return await worker.flush()

@@ -46,6 +46,7 @@ class LmtpConfig:
 
 @dataclass(frozen=True)
 class RelayConfig:
+    deliver: bool = True  # false: accept and queue, send nothing until flushed
     host: str = "127.0.0.1"
     port: int = 25
     connections: int = 4
@@ -131,6 +132,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     )
     lmtp.done()
     relay_cfg = RelayConfig(
+        deliver=relay.boolean("deliver", RelayConfig.deliver),
         host=relay.string("host", RelayConfig.host),
         port=relay.integer("port", RelayConfig.port, low=1, high=65535),
         connections=relay.integer("connections", RelayConfig.connections, low=1, high=100),
@@ -218,6 +220,12 @@ class _Section:
         value = self._get(key, default)
         if not isinstance(value, str):
             raise ConfigError(f"{self.name(key)}: expected a string, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.name(key)}: expected true or false, got {value!r}")
         return value
 
     def integer(self, key: str, default: int, low: int | None = None, high: int | None = None) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from .config import Config, Listen
 from .delivery import Worker
 from .ingest import IngestHandler, LMTPServer
-from .store import StoreError, Writer, open_database
+from .store import StoreError, Writer, connect_sync, open_database
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,9 @@ class ListenError(Exception):
 
 
 class Service:
-    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time, deliver: bool = True):
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.clock = clock
-        self.deliver = deliver
         self.sessions: set[LMTPServer] = set()
         self.server: asyncio.AbstractServer | None = None
         self.worker: Worker | None = None
@@ -42,10 +41,11 @@ class Service:
 
     async def start(self, allow_upgrade: bool = False) -> None:
         cfg = self.cfg
-        self.db = await open_database(cfg.database, allow_upgrade)
-        self.reader = await open_database(cfg.database)
-        self.writer = Writer(self.db)
-        self.writer.start()
+        db = await open_database(cfg.database, allow_upgrade)  # checks the schema
+        await db.close()
+        self.reader = connect_sync(cfg.database)
+        self.writer = Writer(cfg.database)
+        await self.writer.start()
         self.worker = Worker(cfg, self.writer, self.reader, self.clock)
         self.handler = IngestHandler(cfg, self.writer, self.reader, self.clock, self.worker.wake)
         loop = asyncio.get_running_loop()
@@ -63,7 +63,7 @@ class Service:
             )
 
         self.server = await _listen(loop, factory, cfg.lmtp.listen)
-        if self.deliver:
+        if cfg.relay.deliver:
             self._worker_task = loop.create_task(self.worker.run(), name="lmtpd-delivery")
         log.info("lmtpd listening on %s for %s", cfg.lmtp.listen, cfg.domain)
 
@@ -92,8 +92,12 @@ class Service:
                     log.exception("delivery worker failed")
             await self.worker.close()
         await self.writer.stop()
-        await self.reader.close()
-        await self.db.close()
+        if self.writer.batches:
+            log.info(
+                "group commit: %d jobs in %d commits (%.1f per commit)",
+                self.writer.jobs, self.writer.batches, self.writer.jobs / self.writer.batches,
+            )
+        self.reader.close()
         path = self.cfg.lmtp.listen.path
         if path is not None:
             try:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
-
-import aiosqlite
 
 from . import queue
 from .config import Config
@@ -31,7 +30,7 @@ class Worker:
         self,
         cfg: Config,
         writer: Writer,
-        reader: aiosqlite.Connection,
+        reader: sqlite3.Connection | None,
         clock: Clock,
         rng: random.Random | None = None,
     ):
@@ -58,7 +57,7 @@ class Worker:
             try:
                 if await self.deliver_due():
                     continue
-                due = await queue.next_due(self.reader)
+                due = queue.next_due(self.reader) if self.reader is not None else None
             except Exception:
                 log.exception("delivery pass failed; retrying shortly")
                 due = None

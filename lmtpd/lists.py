@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from email.header import Header, decode_header, make_header
-from email.parser import HeaderParser
-from email.policy import compat32
 from email.utils import getaddresses
 
 # Headers this list writes itself; an incoming copy of any of them is dropped.
@@ -62,12 +60,26 @@ def field_name(field: bytes) -> str:
     return m.group(1).decode("ascii").lower() if m else ""
 
 
+def header_values(block: bytes, names: set[str]) -> dict[str, list[str]]:
+    """Unfolded values of the named fields (lower-case names), in order of appearance.
+
+    8-bit bytes are read as UTF-8 (RFC 6532), anything undecodable kept as
+    surrogate escapes, so nothing in a header can make this raise.
+    """
+    found: dict[str, list[str]] = {}
+    for f in header_fields(block):
+        name = field_name(f)
+        if name in names:
+            value = f.split(b":", 1)[1].decode("utf-8", errors="surrogateescape")
+            found.setdefault(name, []).append(" ".join(value.split()))
+    return found
+
+
 def read_headers(raw: bytes) -> HeaderInfo:
-    """Parse the From, Message-ID and Subject of a message, tolerating bad input."""
+    """The From, Message-ID and Subject of a message, tolerating bad input."""
     block, _ = split_message(raw)
-    text = block.decode("utf-8", errors="surrogateescape")
-    msg = HeaderParser(policy=compat32).parsestr(text, headersonly=True)
-    froms = msg.get_all("From") or []
+    values = header_values(block, {"from", "message-id", "subject"})
+    froms = values.get("from", [])
     author: str | None = None
     problem = ""
     if not froms:
@@ -75,7 +87,7 @@ def read_headers(raw: bytes) -> HeaderInfo:
     elif len(froms) > 1:
         problem = "message has more than one From header"
     else:
-        addresses = [a for _, a in getaddresses([str(froms[0])]) if a]
+        addresses = [a for _, a in getaddresses(froms) if a]
         if len(addresses) != 1 or "@" not in addresses[0]:
             problem = "From header must name exactly one author address"
         else:
@@ -87,8 +99,8 @@ def read_headers(raw: bytes) -> HeaderInfo:
     return HeaderInfo(
         author=author,
         from_problem=problem,
-        message_id=_clean(msg.get("Message-ID", "")),
-        subject=_decoded(msg.get("Subject", "")),
+        message_id=_clean((values.get("message-id") or [""])[0]),
+        subject=_decoded((values.get("subject") or [""])[0]),
     )
 
 

@@ -12,6 +12,7 @@ import os
 import random
 import re
 import socket
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -100,9 +101,9 @@ def isotime(ts: float | None) -> str:
 # ------------------------------------------------------------------ database
 
 
-async def enqueue_post(db: aiosqlite.Connection, post_id: int, list_id: int, now: float) -> int:
+def enqueue_post(db: sqlite3.Connection, post_id: int, list_id: int, now: float) -> int:
     """One pending delivery per active member of the list; returns how many."""
-    cur = await db.execute(
+    cur = db.execute(
         """
         INSERT INTO deliveries (post_id, member_id, recipient, created_at, next_attempt_at)
         SELECT ?, m.id, m.address, ?, ?
@@ -115,16 +116,16 @@ async def enqueue_post(db: aiosqlite.Connection, post_id: int, list_id: int, now
     return cur.rowcount
 
 
-async def release_dead_leases(db: aiosqlite.Connection) -> int:
+def release_dead_leases(db: sqlite3.Connection) -> int:
     """Make rows claimed by processes that no longer exist claimable again."""
-    rows = await fetchall(
-        db, "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL AND state = ?",
+    rows = db.execute(
+        "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL AND state = ?",
         (PENDING,),
-    )
+    ).fetchall()
     released = 0
     for row in rows:
         if not owner_alive(row[0]):
-            cur = await db.execute(
+            cur = db.execute(
                 "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
                 (row[0],),
             )
@@ -132,26 +133,18 @@ async def release_dead_leases(db: aiosqlite.Connection) -> int:
     return released
 
 
-async def release_leases(db: aiosqlite.Connection, owner: str, ids: list[int] | None = None) -> None:
+def release_leases(db: sqlite3.Connection, owner: str) -> None:
     """Give back rows this process claimed but did not attempt."""
-    if ids is None:
-        await db.execute(
-            "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
-            (owner,),
-        )
-        return
-    await db.executemany(
-        "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
-        [(i, owner) for i in ids],
+    db.execute(
+        "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (owner,)
     )
 
 
-async def claim(
-    db: aiosqlite.Connection, owner: str, now: float, lease: float, limit: int
+def claim(
+    db: sqlite3.Connection, owner: str, now: float, lease: float, limit: int
 ) -> tuple[list[Delivery], dict[int, tuple[bytes, str]]]:
     """Lease up to ``limit`` due copies; also return each post's (raw, list headers)."""
-    rows = await fetchall(
-        db,
+    rows = db.execute(
         """
         UPDATE deliveries SET lease_owner = ?, lease_until = ?
          WHERE id IN (
@@ -162,20 +155,19 @@ async def claim(
         RETURNING id, post_id, recipient, attempts, created_at
         """,
         (owner, now + lease, now, now, limit),
-    )
+    ).fetchall()
     if not rows:
         return [], {}
     post_ids = sorted({r["post_id"] for r in rows})
     marks = ",".join("?" * len(post_ids))
-    posts = await fetchall(
-        db,
+    posts = db.execute(
         f"""
         SELECT p.id, p.sender, p.list_headers, m.raw, m.queue_id
           FROM posts p JOIN messages m ON m.id = p.message_id
          WHERE p.id IN ({marks})
         """,
         post_ids,
-    )
+    ).fetchall()
     by_post = {p["id"]: p for p in posts}
     deliveries = [
         Delivery(
@@ -207,8 +199,8 @@ def next_state(
     return PENDING, retry_at, result.reply
 
 
-async def record(
-    db: aiosqlite.Connection,
+def record(
+    db: sqlite3.Connection,
     results: list[tuple[Result, float]],
     now: float,
     cfg: QueueConfig,
@@ -219,7 +211,7 @@ async def record(
     for result, created_at in results:
         state, next_at, reply = next_state(result, created_at, now, cfg, rng)
         rows.append((state, next_at, now, reply[:2000], result.delivery_id))
-    await db.executemany(
+    db.executemany(
         """
         UPDATE deliveries
            SET state = ?, next_attempt_at = ?, last_attempt_at = ?, last_reply = ?,
@@ -231,9 +223,9 @@ async def record(
     return [row[0] for row in rows]
 
 
-async def make_all_due(db: aiosqlite.Connection, now: float) -> int:
+def make_all_due(db: sqlite3.Connection, now: float) -> int:
     """For a flush: every pending, unleased copy is due now."""
-    cur = await db.execute(
+    cur = db.execute(
         "UPDATE deliveries SET next_attempt_at = ? "
         "WHERE state = 'pending' AND next_attempt_at > ? AND lease_owner IS NULL",
         (now, now),
@@ -241,14 +233,12 @@ async def make_all_due(db: aiosqlite.Connection, now: float) -> int:
     return cur.rowcount
 
 
-async def next_due(db: aiosqlite.Connection) -> float | None:
+def next_due(db: sqlite3.Connection) -> float | None:
     """When the earliest pending copy becomes due (leased ones included)."""
-    rows = await fetchall(
-        db,
-        "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) "
-        "FROM deliveries WHERE state = 'pending'",
-    )
-    return rows[0][0] if rows else None
+    row = db.execute(
+        "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries WHERE state = 'pending'"
+    ).fetchone()
+    return row[0] if row else None
 
 
 async def listing(db: aiosqlite.Connection, states: tuple[str, ...] = (PENDING, FAILED)) -> list[dict]:

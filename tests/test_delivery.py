@@ -9,7 +9,7 @@ from email import message_from_bytes
 from lmtpd import queue
 from lmtpd.config import QueueConfig
 from lmtpd.delivery import Worker
-from lmtpd.store import Writer, open_database
+from lmtpd.store import Writer, connect_sync, open_database
 
 from . import lmtpclient
 from .conftest import Clock, Sink, lmtp_target, message
@@ -90,13 +90,13 @@ async def test_retries_with_injected_clock_until_delivered(club, sink: Sink, clo
     from lmtpd.ingest import IngestHandler
 
     db = await open_database(club.database)
-    writer = Writer(db)
-    writer.start()
-    handler = IngestHandler(club, writer, db, clock)
+    writer = Writer(club.database)
+    await writer.start()
+    handler = IngestHandler(club, writer, connect_sync(club.database), clock)
     replies = await handler.decide("anna@example.net", ["youth@myclub.org"], message())
     assert replies[0].startswith("250")
     sink.rcpt_replies = {a: "421 4.3.2 try later" for a in YOUTH}
-    worker = Worker(club, writer, db, clock, random.Random(7))
+    worker = Worker(club, writer, None, clock, random.Random(7))
     assert (await worker.deliver_due())["pending"] == 3
     assert await worker.deliver_due() == {}  # nothing due yet
     clock.advance(200)
@@ -118,11 +118,11 @@ async def test_unreachable_relay_defers_everything(club, clock: Clock):
 
     cfg = replace(club, relay=RelayConfig(host="127.0.0.1", port=1, connections=2, timeout=2))
     db = await open_database(cfg.database)
-    writer = Writer(db)
-    writer.start()
-    handler = IngestHandler(cfg, writer, db, clock)
+    writer = Writer(cfg.database)
+    await writer.start()
+    handler = IngestHandler(cfg, writer, connect_sync(cfg.database), clock)
     await handler.decide("anna@example.net", ["youth@myclub.org"], message())
-    counts = await Worker(cfg, writer, db, clock).deliver_due()
+    counts = await Worker(cfg, writer, None, clock).deliver_due()
     assert counts["pending"] == 3 and counts["unreachable"] == 3
     last = rows(cfg, "SELECT last_reply FROM deliveries")[0][0]
     assert last.startswith("4.4.1 127.0.0.1:1")

@@ -208,7 +208,7 @@ async def test_database_gone_answers_451(service, club):
     await service.writer.stop()  # nothing can be committed any more
     t = await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message())
     assert codes(t.data) == ["451"]
-    service.writer.start()
+    await service.writer.start()
 
 
 async def test_quota_is_atomic_under_concurrency(service, club, sink: Sink):

@@ -9,7 +9,7 @@ import sys
 
 from lmtpd.config import load
 from lmtpd.ingest import IngestHandler
-from lmtpd.store import Writer, open_database
+from lmtpd.store import Writer, connect_sync, open_database
 
 from .conftest import REPO, Clock, Sink, message, populate, write_config
 
@@ -28,9 +28,9 @@ async def queue_a_post(config) -> None:
     cfg = load(config)
     await populate(cfg)
     db = await open_database(cfg.database)
-    writer = Writer(db)
-    writer.start()
-    replies = await IngestHandler(cfg, writer, db, Clock()).decide(
+    writer = Writer(cfg.database)
+    await writer.start()
+    replies = await IngestHandler(cfg, writer, connect_sync(cfg.database), Clock()).decide(
         "anna@example.net", ["youth@myclub.org"], message()
     )
     assert replies[0].startswith("250")
