@@ -60,8 +60,19 @@ def wait_for_socket(path: Path, proc: subprocess.Popen) -> None:
 def drive(path: Path, args: argparse.Namespace) -> float:
     """Run smtp-source once; return the elapsed seconds."""
     cmd = [
-        "smtp-source", "-L", "-s", str(args.sessions), "-m", str(args.posts), "-l", str(args.size),
-        "-f", "m00@example.net", "-t", "members@myclub.org", f"unix:{path}",
+        "smtp-source",
+        "-L",
+        "-s",
+        str(args.sessions),
+        "-m",
+        str(args.posts),
+        "-l",
+        str(args.size),
+        "-f",
+        "m00@example.net",
+        "-t",
+        "members@myclub.org",
+        f"unix:{path}",
     ]
     start = time.monotonic()
     subprocess.run(cmd, check=True, timeout=LIMIT_SECONDS)
@@ -89,7 +100,7 @@ async def make_club(config: Path, members: int) -> None:
     async def fill(db):
         await roster.add_list(db, "members", "Benchmark list", "club", None, 0)
         for i in range(members):
-            await roster.add_member(db, f"m{i:02d}@example.net", f"Member {i}", ["members"], 0)
+            await roster.add_member(db, f"m{i:02d}@example.net", f"Member {i}", ["members"], 0, cfg.domain)
 
     await transaction(db, fill)
     await db.close()
@@ -130,8 +141,11 @@ posts_per_day = 1000000000
     db.close()
     if stored != args.posts:
         raise SystemExit(f"only {stored} of {args.posts} posts were stored")
-    commits = [line.split(": ", 3)[-1] for line in (folder / "serve.log").read_text().splitlines()
-               if "group commit" in line]
+    commits = [
+        line.split(": ", 3)[-1]
+        for line in (folder / "serve.log").read_text().splitlines()
+        if "group commit" in line
+    ]
     detail = f"{stored} stored, {copies} copies queued, {sent} relayed meanwhile; {' '.join(commits)}"
     return seconds, detail
 
@@ -156,7 +170,9 @@ def main() -> None:
     try:
         delivering = run_lmtpd(work, sink_port, True, args)
         paused = run_lmtpd(work, sink_port, False, args)
-        bare = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "bare_lmtp.py"), str(work / "bare.sock")])
+        bare = subprocess.Popen(
+            [sys.executable, str(REPO / "benchmarks" / "bare_lmtp.py"), str(work / "bare.sock")]
+        )
         try:
             wait_for_socket(work / "bare.sock", bare)
             bare_secs = drive(work / "bare.sock", args)
@@ -167,8 +183,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     bare_rate = args.posts / bare_secs
-    print(f"load: {args.posts} posts of {args.size} bytes, {args.sessions} LMTP sessions, "
-          f"list of {args.members} members")
+    print(
+        f"load: {args.posts} posts of {args.size} bytes, {args.sessions} LMTP sessions, "
+        f"list of {args.members} members"
+    )
     for label, (secs, detail) in (("lmtpd, delivering", delivering), ("lmtpd, delivery paused", paused)):
         rate = args.posts / secs
         print(f"{label:24s} {secs:7.2f} s {rate:8.1f} posts/s  ratio {rate / bare_rate:.2f}  ({detail})")

@@ -93,7 +93,9 @@ def setup_logging(verbose: int) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--config", "config_file", metavar="PATH",
+    "--config",
+    "config_file",
+    metavar="PATH",
     help="TOML configuration file (default: $LMTPD_CONFIG).",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: every LMTP command).")
@@ -160,16 +162,27 @@ def lists_group() -> None:
 @click.argument("name")
 @click.option("--description", default="", help="Shown in List-Id.")
 @click.option(
-    "--posters", type=click.Choice(["club", "list"]), default="club", show_default=True,
+    "--posters",
+    type=click.Choice(["club", "list"]),
+    default="club",
+    show_default=True,
     help="Who may post: any active club member, or only this list's members.",
 )
-@click.option("--posts-per-day", type=click.IntRange(min=0), default=None,
-              help="Daily limit per member for this list (default: [limits] posts_per_day).")
+@click.option(
+    "--posts-per-day",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Daily limit per member for this list (default: [limits] posts_per_day).",
+)
 @pass_state
 def lists_add(state: State, name: str, description: str, posters: str, posts_per_day: int | None) -> None:
     """Create list NAME (its address is NAME@domain)."""
     now = time.time()
-    state.run(lambda db: transaction(db, lambda db: roster.add_list(db, name, description, posters, posts_per_day, now)))
+    state.run(
+        lambda db: transaction(
+            db, lambda db: roster.add_list(db, name, description, posters, posts_per_day, now)
+        )
+    )
     click.echo(f"list {name.lower()}@{state.config.domain} created")
 
 
@@ -190,10 +203,13 @@ def lists_list(state: State, as_json: bool) -> None:
     rows = state.run(roster.all_lists)
     domain = state.config.domain
     emit(
-        rows, as_json,
-        lambda r: f"{r['name']}@{domain}\t{r['members']} members\tposters={r['posters']}"
-        + (f"\tlimit={r['posts_per_day']}/day" if r["posts_per_day"] is not None else "")
-        + (f"\t{r['description']}" if r["description"] else ""),
+        rows,
+        as_json,
+        lambda r: (
+            f"{r['name']}@{domain}\t{r['members']} members\tposters={r['posters']}"
+            + (f"\tlimit={r['posts_per_day']}/day" if r["posts_per_day"] is not None else "")
+            + (f"\t{r['description']}" if r["description"] else "")
+        ),
         "no lists",
     )
 
@@ -215,16 +231,21 @@ def members_add(state: State, address: str, name: str, lists: tuple[str, ...]) -
     """Add a member (or subscribe an existing one to more lists)."""
     now = time.time()
     created, added = state.run(
-        lambda db: transaction(db, lambda db: roster.add_member(db, address, name, list(lists), now))
+        lambda db: transaction(
+            db, lambda db: roster.add_member(db, address, name, list(lists), now, state.config.domain)
+        )
     )
     what = "added" if created else "updated"
-    click.echo(f"{what} {roster.check_address(address)}" + (f"; subscribed to {', '.join(added)}" if added else ""))
+    click.echo(
+        f"{what} {roster.check_address(address)}" + (f"; subscribed to {', '.join(added)}" if added else "")
+    )
 
 
 @members_group.command("remove")
 @click.argument("address")
-@click.option("--list", "lists", multiple=True, metavar="NAME",
-              help="Only unsubscribe from this list (repeatable).")
+@click.option(
+    "--list", "lists", multiple=True, metavar="NAME", help="Only unsubscribe from this list (repeatable)."
+)
 @pass_state
 def members_remove(state: State, address: str, lists: tuple[str, ...]) -> None:
     """Remove a member from the club, or only from the lists named."""
@@ -240,9 +261,12 @@ def members_list(state: State, list_name: str | None, as_json: bool) -> None:
     """Show members with their lists."""
     rows = state.run(lambda db: roster.members(db, list_name))
     emit(
-        rows, as_json,
-        lambda r: f"{r['address']}\t{r['name'] or '-'}\t{' '.join(r['lists']) or '-'}"
-        + ("" if r["active"] else "\tinactive"),
+        rows,
+        as_json,
+        lambda r: (
+            f"{r['address']}\t{r['name'] or '-'}\t{' '.join(r['lists']) or '-'}"
+            + ("" if r["active"] else "\tinactive")
+        ),
         "no members",
     )
 
@@ -266,7 +290,9 @@ def members_import(state: State, csv_file: Any) -> None:
             click.echo(f"{csv_file.name}: {error}", err=True)
         fail(f"{csv_file.name}: {len(errors)} bad row(s); nothing imported", os.EX_DATAERR)
     now = time.time()
-    report = state.run(lambda db: transaction(db, lambda db: roster.import_roster(db, rows, now)))
+    report = state.run(
+        lambda db: transaction(db, lambda db: roster.import_roster(db, rows, now, state.config.domain))
+    )
     for address in report.added:
         click.echo(f"added {address}")
     for address in report.renamed:
@@ -294,9 +320,12 @@ def queue_list(state: State, as_json: bool) -> None:
     """One line per pending or failed copy."""
     rows = state.run(queue.listing)
     emit(
-        rows, as_json,
-        lambda r: f"{r['queue_id']}  {r['recipient']}  {r['state']}  attempts={r['attempts']}  "
-        f"next={r['next_attempt'] or '-'}  {r['last_reply'] or '-'}",
+        rows,
+        as_json,
+        lambda r: (
+            f"{r['queue_id']}  {r['recipient']}  {r['state']}  attempts={r['attempts']}  "
+            f"next={r['next_attempt'] or '-'}  {r['last_reply'] or '-'}"
+        ),
         "queue is empty",
     )
 
@@ -327,10 +356,11 @@ def queue_flush(state: State) -> None:
         f"{counts[queue.FAILED]} failed"
     )
     if counts["unreachable"]:
-        fail(f"relay {cfg.relay.host}:{cfg.relay.port} unreachable for {counts['unreachable']} copies",
-             os.EX_TEMPFAIL)
+        fail(
+            f"relay {cfg.relay.host}:{cfg.relay.port} unreachable for {counts['unreachable']} copies",
+            os.EX_TEMPFAIL,
+        )
 
 
 def run() -> None:
     main(prog_name="lmtpd")
-

@@ -176,10 +176,10 @@ def _listen(section: _Section, key: str, base: Path) -> Listen:
             raise ValueError
     except ValueError:
         raise ConfigError(
-            f"{section.name('socket_mode')}: expected an octal mode such as \"0660\", got {mode_text!r}"
+            f'{section.name("socket_mode")}: expected an octal mode such as "0660", got {mode_text!r}'
         ) from None
     if value.startswith("unix:"):
-        raw = value[len("unix:"):]
+        raw = value[len("unix:") :]
         if not raw:
             raise ConfigError(f"{section.name(key)}: 'unix:' needs a socket path")
         path = Path(raw)

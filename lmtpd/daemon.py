@@ -95,7 +95,9 @@ class Service:
         if self.writer.batches:
             log.info(
                 "group commit: %d jobs in %d commits (%.1f per commit)",
-                self.writer.jobs, self.writer.batches, self.writer.jobs / self.writer.batches,
+                self.writer.jobs,
+                self.writer.batches,
+                self.writer.jobs / self.writer.batches,
             )
         self.reader.close()
         path = self.cfg.lmtp.listen.path

@@ -136,5 +136,10 @@ class Worker:
             status = "sent" if result.sent else "bounced" if result.permanent else "deferred"
             log.info(
                 "%s: to=<%s>, relay=%s, delay=%.1f, status=%s (%s)",
-                d.queue_id, d.recipient, relay, self.clock() - d.created_at, status, reply,
+                d.queue_id,
+                d.recipient,
+                relay,
+                self.clock() - d.created_at,
+                status,
+                reply,
             )

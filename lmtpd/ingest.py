@@ -22,7 +22,7 @@ from aiosmtpd.smtp import Envelope, Session, syntax
 
 from . import queue
 from .config import Config
-from .lists import HeaderInfo, list_header_lines, read_headers
+from .lists import HeaderInfo, is_own_copy, list_header_lines, read_headers
 from .store import FIND_LIST, FIND_MEMBER, Writer
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,11 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
         if lst["name"] in accepted:  # the same list twice: one post
             replies.append(f"250 2.0.0 <{address}> {post.queue_id} already accepted")
             continue
+        if is_own_copy(post.headers, lst["name"], cfg.domain):
+            # accepted, so nothing bounces, but never posted again: that would loop
+            log.warning("%s: loop: message to %s is that list's own copy; discarded", post.queue_id, address)
+            replies.append(f"250 2.0.0 <{address}> {post.queue_id} discarded: the list's own copy (loop)")
+            continue
         db.execute("SAVEPOINT rcpt")
         stored_message = message_id is None
         try:
@@ -114,8 +119,14 @@ def _store_message(db: sqlite3.Connection, post: Post, author: str) -> int:
         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
         """,
         (
-            post.queue_id, post.mail_from, author, post.headers.message_id, post.headers.subject,
-            len(post.raw), post.raw, post.arrived_at,
+            post.queue_id,
+            post.mail_from,
+            author,
+            post.headers.message_id,
+            post.headers.subject,
+            len(post.raw),
+            post.raw,
+            post.arrived_at,
         ),
     )
     assert cur.lastrowid is not None
@@ -137,7 +148,10 @@ def _store_post(
         VALUES (?, ?, ?, ?, ?, ?, ?)
         """,
         (
-            message_id, lst["id"], lst["name"], member["id"] if member else None,
+            message_id,
+            lst["id"],
+            lst["name"],
+            member["id"] if member else None,
             f"{lst['name']}-bounces@{cfg.domain}",
             list_header_lines(lst["name"], lst["description"], cfg.domain),
             post.arrived_at,
@@ -238,7 +252,13 @@ class IngestHandler:
         for rcpt, reply in zip(rcpts, replies, strict=False):
             log.info(
                 "%s: from=<%s>, author=<%s>, to=<%s>, size=%d, message-id=%s: %s",
-                queue_id, mail_from, headers.author, rcpt, len(raw), headers.message_id or "-", reply,
+                queue_id,
+                mail_from,
+                headers.author,
+                rcpt,
+                len(raw),
+                headers.message_id or "-",
+                reply,
             )
         if copies and self.on_accepted:
             self.on_accepted()

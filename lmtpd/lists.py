@@ -25,6 +25,7 @@ class HeaderInfo:
     from_problem: str  # why author is None, for the refusal text
     message_id: str
     subject: str
+    list_ids: tuple[str, ...] = ()  # List-Id values the message already carries
 
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:
@@ -78,7 +79,7 @@ def header_values(block: bytes, names: set[str]) -> dict[str, list[str]]:
 def read_headers(raw: bytes) -> HeaderInfo:
     """The From, Message-ID and Subject of a message, tolerating bad input."""
     block, _ = split_message(raw)
-    values = header_values(block, {"from", "message-id", "subject"})
+    values = header_values(block, {"from", "message-id", "subject", "list-id"})
     froms = values.get("from", [])
     author: str | None = None
     problem = ""
@@ -101,6 +102,7 @@ def read_headers(raw: bytes) -> HeaderInfo:
         from_problem=problem,
         message_id=_clean((values.get("message-id") or [""])[0]),
         subject=_decoded((values.get("subject") or [""])[0]),
+        list_ids=tuple(values.get("list-id", [])),
     )
 
 
@@ -130,12 +132,15 @@ def list_id_value(name: str, description: str, domain: str) -> str:
     return f"{phrase} {ident}"
 
 
+def is_own_copy(headers: HeaderInfo, name: str, domain: str) -> bool:
+    """True if the message is a copy this list sent (a member's address leads back)."""
+    ident = f"<{name}.{domain}>".lower()
+    return any(ident in value.lower() for value in headers.list_ids)
+
+
 def list_header_lines(name: str, description: str, domain: str) -> str:
     """The header fields every copy of this list's posts carries, CRLF-terminated."""
-    return (
-        f"List-Id: {list_id_value(name, description, domain)}\r\n"
-        f"List-Post: <mailto:{name}@{domain}>\r\n"
-    )
+    return f"List-Id: {list_id_value(name, description, domain)}\r\nList-Post: <mailto:{name}@{domain}>\r\n"
 
 
 def outgoing_copy(raw: bytes, list_headers: str) -> bytes:

@@ -135,9 +135,7 @@ def release_dead_leases(db: sqlite3.Connection) -> int:
 
 def release_leases(db: sqlite3.Connection, owner: str) -> None:
     """Give back rows this process claimed but did not attempt."""
-    db.execute(
-        "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (owner,)
-    )
+    db.execute("UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (owner,))
 
 
 def claim(

@@ -69,7 +69,11 @@ class Connection:
             return err.code, f"{err.code} {err.message}"
         except aiosmtplib.SMTPNotSupported as exc:
             return 550, f"550 5.6.7 {exc}"
-        except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError, aiosmtplib.SMTPResponseException) as exc:
+        except (
+            aiosmtplib.SMTPSenderRefused,
+            aiosmtplib.SMTPDataError,
+            aiosmtplib.SMTPResponseException,
+        ) as exc:
             return exc.code, f"{exc.code} {exc.message}"
         return 250, f"250 {reply}"
 

@@ -88,11 +88,24 @@ async def _list_ids(db: aiosqlite.Connection, names: list[str]) -> dict[str, int
     return ids
 
 
+async def check_not_a_list(db: aiosqlite.Connection, address: str, club_domain: str) -> None:
+    """A list (or its bounce address) as a member would mail itself forever."""
+    local, _, domain = address.rpartition("@")
+    if domain.lower() != club_domain:
+        return
+    base = local.lower()
+    for suffix in _RESERVED_SUFFIXES:
+        base = base.removesuffix(suffix)
+    if await find_list(db, base):
+        raise RosterError(f"{address} is an address of the list {base}, not a member")
+
+
 async def add_member(
-    db: aiosqlite.Connection, address: str, name: str, lists: list[str], now: float
+    db: aiosqlite.Connection, address: str, name: str, lists: list[str], now: float, club_domain: str
 ) -> tuple[bool, list[str]]:
     """Add (or update) a member and subscribe to ``lists``; return (created, lists added)."""
     address = check_address(address)
+    await check_not_a_list(db, address, club_domain)
     ids = await _list_ids(db, lists)
     member = await find_member(db, address)
     created = member is None
@@ -152,8 +165,7 @@ async def members(db: aiosqlite.Connection, list_name: str | None = None) -> lis
         params,
     )
     return [
-        {"address": r["address"], "name": r["name"], "active": bool(r["active"]),
-         "lists": r["lists"].split()}
+        {"address": r["address"], "name": r["name"], "active": bool(r["active"]), "lists": r["lists"].split()}
         for r in rows
     ]
 
@@ -211,16 +223,27 @@ def parse_roster(text: str) -> tuple[list[RosterRow], list[str]]:
     return rows, errors
 
 
-async def import_roster(db: aiosqlite.Connection, rows: list[RosterRow], now: float) -> ImportReport:
+async def import_roster(
+    db: aiosqlite.Connection, rows: list[RosterRow], now: float, club_domain: str
+) -> ImportReport:
     """Apply parsed rows (inside the caller's transaction); additive and idempotent."""
-    missing = sorted({n for r in rows for n in r.lists} - {r["name"] for r in await fetchall(db, "SELECT name FROM lists")})
+    missing = sorted(
+        {n for r in rows for n in r.lists} - {r["name"] for r in await fetchall(db, "SELECT name FROM lists")}
+    )
     if missing:
         lines = {n: next(r.line for r in rows if n in r.lists) for n in missing}
         raise RosterError("; ".join(f"line {lines[n]}: no such list: {n}" for n in missing))
     report = ImportReport()
     for row in rows:
-        before: sqlite3.Row | None = await fetchone(db, "SELECT name FROM members WHERE address = ?", (row.address,))
-        created, subscribed = await add_member(db, row.address, row.name, list(row.lists), now)
+        before: sqlite3.Row | None = await fetchone(
+            db, "SELECT name FROM members WHERE address = ?", (row.address,)
+        )
+        try:
+            created, subscribed = await add_member(
+                db, row.address, row.name, list(row.lists), now, club_domain
+            )
+        except RosterError as exc:
+            raise RosterError(f"line {row.line}: {exc}") from None
         if created:
             report.added.append(row.address)
         elif before is not None and row.name and row.name != before["name"]:

@@ -110,9 +110,7 @@ def migrations() -> list[Migration]:
 
 
 async def schema_version(db: aiosqlite.Connection) -> int:
-    row = await fetchone(
-        db, "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
-    )
+    row = await fetchone(db, "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'")
     if row is None:
         return 0
     row = await fetchone(db, "SELECT coalesce(max(version), 0) FROM schema_migrations")
@@ -125,8 +123,7 @@ async def upgrade(db: aiosqlite.Connection, now: float | None = None) -> list[Mi
     current = await schema_version(db)
     if current > len(known):
         raise SchemaError(
-            f"database schema version {current} is newer than this lmtpd knows ({len(known)}); "
-            "upgrade lmtpd"
+            f"database schema version {current} is newer than this lmtpd knows ({len(known)}); upgrade lmtpd"
         )
     applied = []
     for mig in known[current:]:
@@ -161,8 +158,7 @@ async def check_schema(db: aiosqlite.Connection, allow_upgrade: bool) -> None:
         return
     if current > known:
         raise SchemaError(
-            f"database schema version {current} is newer than this lmtpd knows ({known}); "
-            "upgrade lmtpd"
+            f"database schema version {current} is newer than this lmtpd knows ({known}); upgrade lmtpd"
         )
     empty = await fetchone(db, "SELECT 1 FROM sqlite_master WHERE type='table' LIMIT 1") is None
     if not empty and not allow_upgrade:

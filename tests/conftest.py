@@ -86,7 +86,7 @@ async def populate(cfg: Config, members: dict = MEMBERS) -> None:
         await roster.add_list(db, "youth", "Youth section", "club", None, 0)
         await roster.add_list(db, "trainers", "", "list", None, 0)
         for address, (name, lists) in members.items():
-            await roster.add_member(db, address, name, lists, 0)
+            await roster.add_member(db, address, name, lists, 0, cfg.domain)
 
     try:
         await transaction(db, fill)
@@ -195,7 +195,14 @@ async def start_serve(config: Path, *args: str) -> asyncio.subprocess.Process:
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lmtpd", "--config", str(config), "serve", *args, env=env,
+        sys.executable,
+        "-m",
+        "lmtpd",
+        "--config",
+        str(config),
+        "serve",
+        *args,
+        env=env,
         stderr=asyncio.subprocess.PIPE,
     )
     listen = load_config(config).lmtp.listen

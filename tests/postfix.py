@@ -113,7 +113,9 @@ class Postfix:
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"postfix did not listen on {self.port}: {self.log()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"postfix did not listen on {self.port}: {self.log()[-2000:]}"
+                    ) from None
                 time.sleep(0.1)
 
     def stop_if_running(self) -> None:
@@ -133,9 +135,7 @@ class Postfix:
         self._run("flush")
 
     def queue_ids(self) -> list[str]:
-        out = subprocess.run(
-            ["postqueue", "-c", str(self.conf), "-j"], capture_output=True, text=True
-        ).stdout
+        out = subprocess.run(["postqueue", "-c", str(self.conf), "-j"], capture_output=True, text=True).stdout
         return [line for line in out.splitlines() if line.strip()]
 
 

@@ -32,20 +32,38 @@ def run(cfg_path: Path, *args: str, input: str | None = None):
     "text, expected",
     [
         ("domain = 'myclub.org'\n", "database: required key is missing"),
-        ("domain = 'not a domain'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n",
-         "domain: not a domain name"),
-        ("domain = 'myclub.org'\ndatabase='x'\nadmin='nobody'\n[lmtp]\nlisten='127.0.0.1:1'\n",
-         "admin: not an email address"),
-        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='somewhere'\n",
-         "[lmtp] listen: expected 'unix:/path' or 'HOST:PORT'"),
-        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
-         "max_message_size = 'big'\n", "[lmtp] max_message_size: expected a whole number"),
-        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
-         "[relay]\nprot = 25\n", "[relay] prot: unknown key"),
-        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
-         "[limits]\nposts_per_day = -1\n", "[limits] posts_per_day: must be at least 0"),
-        ("domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
-         "socket_mode = '999'\n", "[lmtp] socket_mode: expected an octal mode"),
+        (
+            "domain = 'not a domain'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n",
+            "domain: not a domain name",
+        ),
+        (
+            "domain = 'myclub.org'\ndatabase='x'\nadmin='nobody'\n[lmtp]\nlisten='127.0.0.1:1'\n",
+            "admin: not an email address",
+        ),
+        (
+            "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='somewhere'\n",
+            "[lmtp] listen: expected 'unix:/path' or 'HOST:PORT'",
+        ),
+        (
+            "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
+            "max_message_size = 'big'\n",
+            "[lmtp] max_message_size: expected a whole number",
+        ),
+        (
+            "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
+            "[relay]\nprot = 25\n",
+            "[relay] prot: unknown key",
+        ),
+        (
+            "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
+            "[limits]\nposts_per_day = -1\n",
+            "[limits] posts_per_day: must be at least 0",
+        ),
+        (
+            "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
+            "socket_mode = '999'\n",
+            "[lmtp] socket_mode: expected an octal mode",
+        ),
         ("domain = = 'x'\n", "not valid TOML"),
     ],
 )
@@ -69,9 +87,14 @@ def test_missing_config_file(tmp_path: Path):
 
 def test_no_config_at_all():
     env = {k: v for k, v in os.environ.items() if k != "LMTPD_CONFIG"}
-    proc = subprocess.run([sys.executable, "-m", "lmtpd", "check-config"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmtpd", "check-config"], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 78
-    assert proc.stderr.strip() == "lmtpd: config error: no configuration file: pass --config PATH or set LMTPD_CONFIG"
+    assert (
+        proc.stderr.strip()
+        == "lmtpd: config error: no configuration file: pass --config PATH or set LMTPD_CONFIG"
+    )
     assert "Traceback" not in proc.stderr
 
 
@@ -86,16 +109,23 @@ def test_config_from_environment(cfg_path: Path):
 
 def test_lists_and_members(cfg_path: Path):
     assert run(cfg_path, "lists", "add", "youth", "--description", "Youth section").exit_code == 0
-    assert run(cfg_path, "lists", "add", "trainers", "--posters", "list", "--posts-per-day", "2").exit_code == 0
+    assert (
+        run(cfg_path, "lists", "add", "trainers", "--posters", "list", "--posts-per-day", "2").exit_code == 0
+    )
     dup = run(cfg_path, "lists", "add", "Youth")
     assert dup.exit_code == 65 and "exists already" in dup.output
     assert run(cfg_path, "lists", "add", "youth-bounces").exit_code == 65
-    assert run(cfg_path, "members", "add", "Anna@Example.NET", "--name", "Anna", "--list", "youth").exit_code == 0
+    assert (
+        run(cfg_path, "members", "add", "Anna@Example.NET", "--name", "Anna", "--list", "youth").exit_code
+        == 0
+    )
     assert run(cfg_path, "members", "add", "anna@example.net", "--list", "trainers").exit_code == 0
     assert run(cfg_path, "members", "add", "bob@example.net", "--list", "nope").exit_code == 65
     listed = json.loads(run(cfg_path, "members", "list", "--json").output)
     # one member: the domain is case-insensitive, and so (in practice) is the local part
-    assert listed == [{"address": "Anna@example.net", "name": "Anna", "active": True, "lists": ["trainers", "youth"]}]
+    assert listed == [
+        {"address": "Anna@example.net", "name": "Anna", "active": True, "lists": ["trainers", "youth"]}
+    ]
     lists = {r["name"]: r for r in json.loads(run(cfg_path, "lists", "list", "--json").output)}
     assert lists["trainers"]["posters"] == "list" and lists["trainers"]["posts_per_day"] == 2
     assert lists["youth"]["members"] == 1
@@ -199,3 +229,15 @@ def test_older_database_needs_an_explicit_upgrade(cfg_path: Path, tmp_path: Path
     assert result.output.strip() == f"applied {len(migrations())} migration(s)"
     assert run(cfg_path, "db", "upgrade").output.strip() == "database is up to date"
     assert run(cfg_path, "lists", "list").exit_code == 0
+
+
+def test_a_list_address_cannot_be_a_member(cfg_path: Path, tmp_path: Path):
+    run(cfg_path, "lists", "add", "youth")
+    for address in ("youth@myclub.org", "Youth-Bounces@MyClub.org"):
+        result = run(cfg_path, "members", "add", address, "--list", "youth")
+        assert result.exit_code == 65 and "is an address of the list youth" in result.output
+    csv_file = tmp_path / "m.csv"
+    csv_file.write_text("anna@example.net,Anna,youth\nyouth@myclub.org,Loop,youth\n")
+    result = run(cfg_path, "members", "import", str(csv_file))
+    assert result.exit_code == 65 and "line 2: youth@myclub.org is an address of the list youth" in result.output
+    assert json.loads(run(cfg_path, "members", "list", "--json").output) == []

@@ -115,7 +115,7 @@ async def test_fifty_recipients_mixed(service, club, broken_list):
     rcpts = [pattern[i % len(pattern)] for i in range(50)]
     # bob: youth accepts, trainers refuses (not a list member), broken fails
     t = await lmtpclient.send(lmtp_target(club), "bob@example.net", rcpts, message(author="bob@example.net"))
-    accepted = [r for r, reply in zip(rcpts, t.rcpt) if reply.startswith("250")]
+    accepted = [r for r, reply in zip(rcpts, t.rcpt, strict=True) if reply.startswith("250")]
     assert len(accepted) == 30
     expected = {"youth@myclub.org": "250", "trainers@myclub.org": "550", broken_list: "451"}
     assert codes(t.data) == [expected[r] for r in accepted]
@@ -230,15 +230,21 @@ async def test_quota_is_atomic_under_concurrency(service, club, sink: Sink):
 
 async def test_quota_resets_the_next_day(service, club, clock):
     for i in range(5):
-        t = await lmtpclient.send(lmtp_target(club), "bob@example.net", ["youth@myclub.org"],
-                                  message(author="bob@example.net", subject=str(i)))
+        t = await lmtpclient.send(
+            lmtp_target(club),
+            "bob@example.net",
+            ["youth@myclub.org"],
+            message(author="bob@example.net", subject=str(i)),
+        )
         assert codes(t.data) == ["250"]
-    t = await lmtpclient.send(lmtp_target(club), "bob@example.net", ["youth@myclub.org"],
-                              message(author="bob@example.net"))
+    t = await lmtpclient.send(
+        lmtp_target(club), "bob@example.net", ["youth@myclub.org"], message(author="bob@example.net")
+    )
     assert codes(t.data) == ["550"]
     clock.advance(86400)
-    t = await lmtpclient.send(lmtp_target(club), "bob@example.net", ["youth@myclub.org"],
-                              message(author="bob@example.net"))
+    t = await lmtpclient.send(
+        lmtp_target(club), "bob@example.net", ["youth@myclub.org"], message(author="bob@example.net")
+    )
     assert codes(t.data) == ["250"]
 
 
@@ -250,3 +256,22 @@ async def test_bare_lf_and_utf8_headers_are_kept_byte_for_byte(service, club):
     msg = rows(club, "SELECT raw, subject FROM messages")[0]
     assert bytes(msg["raw"]) == data
     assert msg["subject"] == "Grüße"
+
+
+async def test_the_lists_own_copy_coming_back_is_not_posted_again(service, club, sink: Sink):
+    from lmtpd.lists import list_header_lines, outgoing_copy
+
+    copy = outgoing_copy(message(), list_header_lines("youth", "Youth section", "myclub.org"))
+    t = await lmtpclient.send(
+        lmtp_target(club), "youth-bounces@myclub.org", ["youth@myclub.org", "trainers@myclub.org"], copy
+    )
+    assert t.data[0].startswith("250") and "loop" in t.data[0]
+    assert t.data[1].startswith("250") and "accepted" in t.data[1]  # another list may take it
+    assert [r["list_name"] for r in rows(club, "SELECT list_name FROM posts")] == ["trainers"]
+
+
+async def test_author_matching_ignores_case(service, club):
+    t = await lmtpclient.send(
+        lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message(author="ANNA@Example.Net")
+    )
+    assert codes(t.data) == ["250"]

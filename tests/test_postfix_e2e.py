@@ -69,9 +69,19 @@ async def swaks(mta, sender: str, rcpts: list[str], author: str, subject: str) -
         f"Hello everyone,\r\n.a line with a leading dot\r\nsee you!\r\n"
     )
     proc = await asyncio.create_subprocess_exec(
-        "swaks", "--server", f"127.0.0.1:{mta.port}", "--helo", "client.example.net",
-        "--from", sender, "--to", ",".join(rcpts), "--data", body.replace("\r\n", "\n"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "swaks",
+        "--server",
+        f"127.0.0.1:{mta.port}",
+        "--helo",
+        "client.example.net",
+        "--from",
+        sender,
+        "--to",
+        ",".join(rcpts),
+        "--data",
+        body.replace("\r\n", "\n"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     text = out.decode(errors="replace")
@@ -91,8 +101,13 @@ def lmtp_results(mta, subject_marker: str | None = None) -> list[tuple[str, str,
 
 
 async def test_a_members_post_reaches_every_member_of_both_lists(mta, lmtpd_serving, members_side: Sink):
-    await swaks(mta, "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"],
-                "Anna <anna@example.net>", "Saturday training")
+    await swaks(
+        mta,
+        "anna@example.net",
+        ["youth@myclub.org", "trainers@myclub.org"],
+        "Anna <anna@example.net>",
+        "Saturday training",
+    )
     expected = {
         "youth-bounces@myclub.org": ["anna@example.net", "bob@example.net", "carla@example.com"],
         "trainers-bounces@myclub.org": ["anna@example.net", "carla@example.com"],

@@ -16,9 +16,15 @@ from .conftest import REPO, Clock, Sink, message, populate, write_config
 
 async def lmtpd(config, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lmtpd", "--config", str(config), *args,
+        sys.executable,
+        "-m",
+        "lmtpd",
+        "--config",
+        str(config),
+        *args,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()
@@ -59,8 +65,17 @@ async def test_queue_list_and_flush_against_an_unreachable_relay(tmp_path):
     entries = json.loads(out)
     assert {e["recipient"] for e in entries} == {"anna@example.net", "bob@example.net", "carla@example.com"}
     for e in entries:
-        assert set(e) == {"queue_id", "delivery_id", "list", "recipient", "state", "attempts",
-                          "next_attempt", "last_reply", "arrived"}
+        assert set(e) == {
+            "queue_id",
+            "delivery_id",
+            "list",
+            "recipient",
+            "state",
+            "attempts",
+            "next_attempt",
+            "last_reply",
+            "arrived",
+        }
         assert e["state"] == "pending" and e["attempts"] == 1 and e["list"] == "youth"
         assert e["last_reply"].startswith("4.4.1 127.0.0.1:1")
         assert e["next_attempt"].endswith("Z")
