@@ -186,31 +186,30 @@ async def service(club: Config, clock: Clock) -> AsyncIterator[Service]:
 REPO = Path(__file__).resolve().parent.parent
 
 
-async def start_serve(config: Path, *args: str) -> asyncio.subprocess.Process:
-    """``lmtpd serve`` as its own process, from this source tree; waits for the socket."""
+async def spawn_lmtpd(config: Path, *args: str, **kwargs) -> asyncio.subprocess.Process:
+    """``python -m lmtpd --config CONFIG ARGS`` from this source tree."""
     import os
     import sys
 
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lmtpd", "--config", str(config), *args,
+        env=dict(os.environ, PYTHONPATH=str(REPO)), **kwargs,
+    )  # fmt: skip
+
+
+async def start_serve(config: Path, *args: str) -> asyncio.subprocess.Process:
+    """``lmtpd serve`` as its own process, logging to serve.log; waits for the socket."""
     from lmtpd.config import load as load_config
 
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lmtpd",
-        "--config",
-        str(config),
-        "serve",
-        *args,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    log_path = config.parent / "serve.log"
+    with open(log_path, "ab") as log:
+        proc = await spawn_lmtpd(config, "serve", *args, stderr=log)
     listen = load_config(config).lmtp.listen
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
     while True:
         if proc.returncode is not None:
-            raise AssertionError(f"serve exited {proc.returncode}: {await proc.stderr.read()}")
+            raise AssertionError(f"serve exited {proc.returncode}: {log_path.read_text()}")
         try:
             if listen.path is not None:
                 _, w = await asyncio.open_unix_connection(str(listen.path))

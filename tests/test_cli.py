@@ -239,5 +239,7 @@ def test_a_list_address_cannot_be_a_member(cfg_path: Path, tmp_path: Path):
     csv_file = tmp_path / "m.csv"
     csv_file.write_text("anna@example.net,Anna,youth\nyouth@myclub.org,Loop,youth\n")
     result = run(cfg_path, "members", "import", str(csv_file))
-    assert result.exit_code == 65 and "line 2: youth@myclub.org is an address of the list youth" in result.output
+    assert (
+        result.exit_code == 65 and "line 2: youth@myclub.org is an address of the list youth" in result.output
+    )
     assert json.loads(run(cfg_path, "members", "list", "--json").output) == []

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 
 from lmtpd.config import load
 from lmtpd.ingest import IngestHandler
 from lmtpd.store import Writer, connect_sync, open_database
 
-from .conftest import REPO, Clock, Sink, message, populate, write_config
+from .conftest import Clock, Sink, message, populate, spawn_lmtpd, write_config
 
 
 async def lmtpd(config, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lmtpd",
-        "--config",
-        str(config),
-        *args,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_lmtpd(config, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()
 
