@@ -179,9 +179,7 @@ def lists_add(state: State, name: str, description: str, posters: str, posts_per
     """Create list NAME (its address is NAME@domain)."""
     now = time.time()
     state.run(
-        lambda db: transaction(
-            db, lambda db: roster.add_list(db, name, description, posters, posts_per_day, now)
-        )
+        lambda db: transaction(db, lambda db: roster.add_list(db, name, description, posters, posts_per_day, now))
     )
     click.echo(f"list {name.lower()}@{state.config.domain} created")
 
@@ -236,16 +234,12 @@ def members_add(state: State, address: str, name: str, lists: tuple[str, ...]) -
         )
     )
     what = "added" if created else "updated"
-    click.echo(
-        f"{what} {roster.check_address(address)}" + (f"; subscribed to {', '.join(added)}" if added else "")
-    )
+    click.echo(f"{what} {roster.check_address(address)}" + (f"; subscribed to {', '.join(added)}" if added else ""))
 
 
 @members_group.command("remove")
 @click.argument("address")
-@click.option(
-    "--list", "lists", multiple=True, metavar="NAME", help="Only unsubscribe from this list (repeatable)."
-)
+@click.option("--list", "lists", multiple=True, metavar="NAME", help="Only unsubscribe from this list (repeatable).")
 @pass_state
 def members_remove(state: State, address: str, lists: tuple[str, ...]) -> None:
     """Remove a member from the club, or only from the lists named."""
@@ -264,8 +258,7 @@ def members_list(state: State, list_name: str | None, as_json: bool) -> None:
         rows,
         as_json,
         lambda r: (
-            f"{r['address']}\t{r['name'] or '-'}\t{' '.join(r['lists']) or '-'}"
-            + ("" if r["active"] else "\tinactive")
+            f"{r['address']}\t{r['name'] or '-'}\t{' '.join(r['lists']) or '-'}" + ("" if r["active"] else "\tinactive")
         ),
         "no members",
     )
@@ -290,9 +283,7 @@ def members_import(state: State, csv_file: Any) -> None:
             click.echo(f"{csv_file.name}: {error}", err=True)
         fail(f"{csv_file.name}: {len(errors)} bad row(s); nothing imported", os.EX_DATAERR)
     now = time.time()
-    report = state.run(
-        lambda db: transaction(db, lambda db: roster.import_roster(db, rows, now, state.config.domain))
-    )
+    report = state.run(lambda db: transaction(db, lambda db: roster.import_roster(db, rows, now, state.config.domain)))
     for address in report.added:
         click.echo(f"added {address}")
     for address in report.renamed:
@@ -352,8 +343,7 @@ def queue_flush(state: State) -> None:
     counts = state.run(run)
     total = sum(counts[k] for k in (queue.SENT, queue.PENDING, queue.FAILED))
     click.echo(
-        f"attempted {total}: {counts[queue.SENT]} sent, {counts[queue.PENDING]} deferred, "
-        f"{counts[queue.FAILED]} failed"
+        f"attempted {total}: {counts[queue.SENT]} sent, {counts[queue.PENDING]} deferred, {counts[queue.FAILED]} failed"
     )
     if counts["unreachable"]:
         fail(

@@ -47,11 +47,18 @@ class LmtpConfig:
 @dataclass(frozen=True)
 class RelayConfig:
     deliver: bool = True  # false: accept and queue, send nothing until flushed
-    host: str = "127.0.0.1"
-    port: int = 25
-    connections: int = 4
+    mode: str = "smarthost"  # or "mx": straight to the recipients' MX hosts
+    host: str = "127.0.0.1"  # the smarthost
+    port: int = 25  # the smarthost's port; in MX mode, the port of every MX host
+    starttls: bool = False  # smarthost: require STARTTLS with a verified certificate
+    username: str = ""  # smarthost AUTH
+    password: str = ""
+    connections: int = 10
+    connections_per_destination: int = 4
     timeout: float = 60.0
     batch: int = 200
+    nameservers: tuple[str, ...] = ()  # MX mode: ask these instead of the system's resolvers
+    tls_ca_file: Path | None = None  # more trust anchors for certificate checks
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class QueueConfig:
     maximal_backoff: float = 3600.0
     max_queue_lifetime: float = 2 * 86400.0
     lease: float = 600.0
+    delay_warning: float = 0.0  # seconds; 0: never warn the administrator of delays
 
 
 @dataclass(frozen=True)
@@ -131,20 +139,36 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         shutdown_grace=lmtp.number("shutdown_grace", LmtpConfig.shutdown_grace, low=0),
     )
     lmtp.done()
+    mode = relay.string("mode", RelayConfig.mode)
+    if mode not in ("smarthost", "mx"):
+        raise ConfigError(f'[relay] mode: expected "smarthost" or "mx", got {mode!r}')
+    ca_file = relay.string("tls_ca_file", "")
     relay_cfg = RelayConfig(
         deliver=relay.boolean("deliver", RelayConfig.deliver),
+        mode=mode,
         host=relay.string("host", RelayConfig.host),
         port=relay.integer("port", RelayConfig.port, low=1, high=65535),
-        connections=relay.integer("connections", RelayConfig.connections, low=1, high=100),
+        starttls=relay.boolean("starttls", RelayConfig.starttls),
+        username=relay.string("username", ""),
+        password=relay.string("password", ""),
+        connections=relay.integer("connections", RelayConfig.connections, low=1, high=1000),
+        connections_per_destination=relay.integer(
+            "connections_per_destination", RelayConfig.connections_per_destination, low=1, high=1000
+        ),
         timeout=relay.number("timeout", RelayConfig.timeout, low=1),
         batch=relay.integer("batch", RelayConfig.batch, low=1, high=10000),
+        nameservers=tuple(relay.strings("nameservers")),
+        tls_ca_file=(Path(ca_file) if Path(ca_file).is_absolute() else base / ca_file) if ca_file else None,
     )
+    if bool(relay_cfg.username) != bool(relay_cfg.password):
+        raise ConfigError("[relay] username and password: give both or neither")
     relay.done()
     queue_cfg = QueueConfig(
         minimal_backoff=queue.number("minimal_backoff", QueueConfig.minimal_backoff, low=1),
         maximal_backoff=queue.number("maximal_backoff", QueueConfig.maximal_backoff, low=1),
         max_queue_lifetime=queue.number("max_queue_lifetime", QueueConfig.max_queue_lifetime, low=60),
         lease=queue.number("lease", QueueConfig.lease, low=10),
+        delay_warning=queue.number("delay_warning", QueueConfig.delay_warning, low=0),
     )
     if queue_cfg.maximal_backoff < queue_cfg.minimal_backoff:
         raise ConfigError("[queue] maximal_backoff: must not be below minimal_backoff")
@@ -220,6 +244,12 @@ class _Section:
         value = self._get(key, default)
         if not isinstance(value, str):
             raise ConfigError(f"{self.name(key)}: expected a string, got {value!r}")
+        return value
+
+    def strings(self, key: str) -> list[str]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self.name(key)}: expected a list of strings, got {value!r}")
         return value
 
     def boolean(self, key: str, default: bool) -> bool:

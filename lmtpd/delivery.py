@@ -1,8 +1,11 @@
 """The delivery worker: claim due copies, relay them, record what happened.
 
 ``serve`` runs it continuously (woken by ingest right after a commit, so a copy
-leaves within moments of its 250); ``queue flush`` runs the same passes once from
-the command line. Results are written back in one job per batch.
+leaves within moments of its 250); ``queue flush`` runs the same passes from the
+command line. A pass groups the claimed copies by destination (the smarthost, or
+the recipient domain in MX mode), sends each group over a few sessions that carry
+many transactions, and writes every result back in one job, together with any
+report to the administrator that the results complete.
 """
 
 from __future__ import annotations
@@ -11,18 +14,26 @@ import asyncio
 import logging
 import random
 import sqlite3
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
+
+import dns.asyncresolver
 
 from . import queue
 from .config import Config
 from .lists import outgoing_copy
-from .relay import Connection
+from .relay import Outcome, Session, SessionError, tls_contexts
+from .routes import Host, RouteError, make_resolver, resolve
 from .store import Writer
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+Progress = Callable[[int], None]
+
+SMARTHOST = "[smarthost]"
+IDLE_SESSION_SECONDS = 10.0  # close cached sessions unused this long
 
 
 class Worker:
@@ -33,6 +44,7 @@ class Worker:
         reader: sqlite3.Connection | None,
         clock: Clock,
         rng: random.Random | None = None,
+        resolver: dns.asyncresolver.Resolver | None = None,
     ):
         self.cfg = cfg
         self.writer = writer
@@ -40,7 +52,12 @@ class Worker:
         self.clock = clock
         self.rng = rng
         self.owner = queue.lease_owner()
-        self.connections = [Connection(cfg.relay, cfg.hostname) for _ in range(cfg.relay.connections)]
+        relay = cfg.relay
+        self.smarthost = relay.mode == "smarthost"
+        self.resolver = resolver or (None if self.smarthost else make_resolver(relay.nameservers, relay.timeout))
+        self.contexts = tls_contexts(str(relay.tls_ca_file) if relay.tls_ca_file else None)
+        self.slots = asyncio.Semaphore(relay.connections)
+        self.idle: dict[str, list[Session]] = {}  # destination -> sessions kept open
         self._wakeup = asyncio.Event()
         self._stopping = False
 
@@ -61,6 +78,7 @@ class Worker:
             except Exception:
                 log.exception("delivery pass failed; retrying shortly")
                 due = None
+            await self._close_idle(IDLE_SESSION_SECONDS)
             delay = 5.0 if due is None else min(max(due - self.clock(), 0.05), 5.0)
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
@@ -74,72 +92,160 @@ class Worker:
 
     async def close(self) -> None:
         """Close relay sessions and hand back any row still leased to us."""
-        for conn in self.connections:
-            await conn.close()
+        await self._close_idle(0)
         try:
             await self.writer.submit(lambda db: queue.release_leases(db, self.owner))
         except Exception:
             log.exception("could not release leases (they will expire)")
 
-    async def flush(self) -> Counter[str]:
-        """Attempt every pending copy now, once; return counts by outcome."""
+    async def flush(self, queue_id: str | None = None, progress: Progress | None = None) -> Counter[str]:
+        """Attempt every pending copy (of one message, or all) now, once; count outcomes."""
         now = self.clock()
-        await self.writer.submit(lambda db: queue.make_all_due(db, now))
+        await self.writer.submit(lambda db: queue.make_all_due(db, now, queue_id))
         totals: Counter[str] = Counter()
         while True:
-            counts = await self.deliver_due()
+            counts = await self.deliver_due(queue_id, progress)
             if not counts:
                 return totals
             totals.update(counts)
 
-    async def deliver_due(self) -> Counter[str]:
+    async def deliver_due(self, queue_id: str | None = None, progress: Progress | None = None) -> Counter[str]:
         """One pass: claim a batch of due copies, relay them, record results."""
         now = self.clock()
         batch = self.cfg.relay.batch
         deliveries, content = await self.writer.submit(
-            lambda db: queue.claim(db, self.owner, now, self.cfg.queue.lease, batch)
+            lambda db: queue.claim(db, self.owner, now, self.cfg.queue.lease, batch, queue_id)
         )
         if not deliveries:
             return Counter()
         copies = {post_id: outgoing_copy(raw, headers) for post_id, (raw, headers) in content.items()}
-        todo: asyncio.Queue[queue.Delivery] = asyncio.Queue()
+        groups: dict[str, list[queue.Delivery]] = {}
         for d in deliveries:
-            todo.put_nowait(d)
-        results: list[tuple[queue.Result, float]] = []
-        senders = [self._sender(conn, todo, copies, results) for conn in self.connections]
-        await asyncio.gather(*senders)
-        done = self.clock()
-        states = await self.writer.submit(
-            lambda db: queue.record(db, results, done, self.cfg.queue, self.rng)
-        )
+            groups.setdefault(SMARTHOST if self.smarthost else d.domain, []).append(d)
+        attempts: list[queue.Attempt] = []
+
+        def done(d: queue.Delivery, outcome: Outcome) -> None:
+            attempts.append(
+                queue.Attempt(d, outcome.sent, outcome.permanent, outcome.reply, outcome.remote, outcome.tls)
+            )
+            status = "sent" if outcome.sent else "bounced" if outcome.permanent else "deferred"
+            log.info(
+                "%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, status=%s (%s)",
+                d.queue_id, d.recipient, outcome.remote or "none", self.clock() - d.created_at,
+                outcome.tls or "-", status, outcome.reply,
+            )  # fmt: skip
+            if progress:
+                progress(1)
+
+        await asyncio.gather(*(self._destination(dest, items, copies, done) for dest, items in groups.items()))
+        finished = self.clock()
+        states = await self.writer.submit(lambda db: queue.record(db, attempts, finished, self.cfg, self.rng))
         counts = Counter(states)
-        counts["unreachable"] = sum(1 for result, _ in results if result.code == 0)
+        counts["unreachable"] = sum(1 for a in attempts if not a.remote)
         return +counts
 
-    async def _sender(
+    async def _destination(
         self,
-        conn: Connection,
-        todo: asyncio.Queue[queue.Delivery],
+        dest: str,
+        items: list[queue.Delivery],
         copies: dict[int, bytes],
-        results: list[tuple[queue.Result, float]],
+        done: Callable[[queue.Delivery, Outcome], None],
     ) -> None:
-        relay = f"{self.cfg.relay.host}:{self.cfg.relay.port}"
-        while not todo.empty():
-            d = todo.get_nowait()
+        """Deliver one destination's copies over at most connections_per_destination sessions."""
+        try:
+            hosts = await self._route(dest)
+        except RouteError as exc:
+            for d in items:
+                done(d, Outcome(0, exc.reply, exc.permanent))
+            return
+        todo = deque(items)
+        limit = self.cfg.relay.connections if self.smarthost else self.cfg.relay.connections_per_destination
+        lanes = min(limit, len(items))
+        await asyncio.gather(*(self._lane(dest, hosts, todo, copies, done) for _ in range(lanes)))
+
+    async def _route(self, dest: str) -> list[Host]:
+        if self.smarthost:
+            return [Host(self.cfg.relay.host, self.cfg.relay.host)]
+        assert self.resolver is not None
+        return await resolve(dest, self.resolver, self.rng)
+
+    async def _lane(
+        self,
+        dest: str,
+        hosts: list[Host],
+        todo: deque[queue.Delivery],
+        copies: dict[int, bytes],
+        done: Callable[[queue.Delivery, Outcome], None],
+    ) -> None:
+        """One session's worth of work: transactions until the destination's copies run out.
+
+        A session that breaks (refused connection, 421, dropped mid-transaction) moves
+        on to the next MX host; the copy it was carrying goes there too, within the
+        attempt. A cached session that turns out closed is simply reopened.
+        """
+        async with self.slots:
+            session = self._cached(dest)
+            next_host = 0
+            last_error = Outcome(0, f"4.4.1 no host to try for {dest}")
+            tries: Counter[int] = Counter()
+            while todo:
+                if session is None:
+                    session, next_host, last_error = await self._open(hosts, next_host, last_error)
+                    if session is None:
+                        while todo:  # nobody reachable now: the rest waits for the next attempt
+                            done(todo.popleft(), last_error)
+                        return
+                d = todo.popleft()
+                outcome = await session.send(d.sender, d.recipient, copies[d.post_id])
+                if outcome.session_failed:
+                    cached = session.transactions > 0
+                    await session.close()
+                    session = None
+                    if not cached:
+                        next_host += 1  # this host failed us: the next one takes over
+                    tries[d.id] += 1
+                    if next_host < len(hosts) and tries[d.id] <= len(hosts):
+                        todo.appendleft(d)
+                        last_error = outcome
+                        continue
+                done(d, outcome)
+            if session is not None and session.usable:
+                self.idle.setdefault(dest, []).append(session)
+
+    async def _open(self, hosts: list[Host], start: int, last_error: Outcome) -> tuple[Session | None, int, Outcome]:
+        """The first host from ``start`` on that takes a session, with its index."""
+        for i in range(start, len(hosts)):
+            host = hosts[i]
             try:
-                code, reply = await conn.send(d.sender, d.recipient, copies[d.post_id])
-            except Exception as exc:  # a bug must defer the copy, not lose it
-                log.exception("%s: relay error for <%s>", d.queue_id, d.recipient)
-                code, reply = 0, f"4.3.0 internal error: {type(exc).__name__}"
-            result = queue.Result(d.id, code, reply)
-            results.append((result, d.created_at))
-            status = "sent" if result.sent else "bounced" if result.permanent else "deferred"
-            log.info(
-                "%s: to=<%s>, relay=%s, delay=%.1f, status=%s (%s)",
-                d.queue_id,
-                d.recipient,
-                relay,
-                self.clock() - d.created_at,
-                status,
-                reply,
-            )
+                session = await Session.open(
+                    host, self.cfg.relay, self.cfg.hostname, self.contexts,
+                    require_tls=self.smarthost and self.cfg.relay.starttls,
+                )  # fmt: skip
+                return session, i, last_error
+            except SessionError as exc:
+                log.info("cannot use %s[%s]: %s", host.name, host.address, exc.reply)
+                last_error = Outcome(exc.code, exc.reply, False, host.name if exc.code else "")
+        return None, len(hosts), last_error
+
+    def _cached(self, dest: str) -> Session | None:
+        sessions = self.idle.get(dest)
+        while sessions:
+            session = sessions.pop()
+            if session.usable and time.monotonic() - session.last_used < IDLE_SESSION_SECONDS:
+                return session
+            asyncio.get_running_loop().create_task(session.close())
+        return None
+
+    async def _close_idle(self, older_than: float) -> None:
+        now = time.monotonic()
+        for dest in list(self.idle):
+            keep = []
+            for session in self.idle[dest]:
+                if now - session.last_used >= older_than or not session.usable:
+                    await session.close()
+                else:
+                    keep.append(session)
+            if keep:
+                self.idle[dest] = keep
+            else:
+                del self.idle[dest]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -41,11 +40,6 @@ def split_recipient(address: str, domain: str) -> tuple[str | None, str]:
     if dom.lower().rstrip(".") != domain:
         return None, f"550 5.1.2 <{address}>: this server only accepts mail for {domain}"
     return local.lower(), ""
-
-
-def new_queue_id() -> str:
-    """A short id in the style of Postfix's, unique enough to grep logs by."""
-    return secrets.token_hex(6).upper()
 
 
 @dataclass(frozen=True)
@@ -243,7 +237,7 @@ class IngestHandler:
     async def decide(self, mail_from: str, rcpts: list[str], raw: bytes) -> list[str]:
         """The per-recipient replies for one message; 250s only after the commit."""
         headers = read_headers(raw)
-        queue_id = new_queue_id()
+        queue_id = queue.new_queue_id()
         if headers.author is None:
             log.info("%s: refused from=<%s>: %s", queue_id, mail_from, headers.from_problem)
             return [f"550 5.6.0 {headers.from_problem}"] * len(rcpts)

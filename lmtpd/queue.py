@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import random
-import re
+import secrets
 import socket
 import sqlite3
 from dataclasses import dataclass
@@ -18,10 +18,16 @@ from datetime import UTC, datetime
 
 import aiosqlite
 
-from .config import QueueConfig
+from . import dsn
+from .config import Config, QueueConfig
+from .dsn import status_of
+from .lists import read_headers, split_message
 from .store import fetchall
 
-SENT, PENDING, FAILED = "sent", "pending", "failed"
+SENT, PENDING, FAILED, HELD = "sent", "pending", "failed", "held"
+
+# "the deliveries of the message with queue id ?", for a WHERE clause on deliveries
+OF_MESSAGE = "post_id IN (SELECT p.id FROM posts p JOIN messages m ON m.id = p.message_id WHERE m.queue_id = ?)"
 
 
 @dataclass(frozen=True)
@@ -36,22 +42,21 @@ class Delivery:
     attempts: int
     created_at: float
 
+    @property
+    def domain(self) -> str:
+        return self.recipient.rpartition("@")[2].lower()
+
 
 @dataclass(frozen=True)
-class Result:
-    """How one attempt ended. ``code`` 0 means no SMTP reply (connection trouble)."""
+class Attempt:
+    """How one attempt at one copy ended."""
 
-    delivery_id: int
-    code: int
+    delivery: Delivery
+    sent: bool
+    permanent: bool
     reply: str
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
-    @property
-    def sent(self) -> bool:
-        return 200 <= self.code < 300
+    remote: str = ""
+    tls: str = ""
 
 
 # ------------------------------------------------------------- pure functions
@@ -68,10 +73,9 @@ def backoff(age: float, cfg: QueueConfig, rng: random.Random | None = None) -> f
     return base * r.uniform(0.9, 1.1)
 
 
-def enhanced_code(reply: str) -> str | None:
-    """The RFC 3463 code in a reply text such as ``550 5.1.1 no such user``."""
-    m = re.match(r"^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})\b", reply)
-    return m.group(1) if m else None
+def new_queue_id() -> str:
+    """A short id in the style of Postfix's, unique enough to grep logs by."""
+    return secrets.token_hex(6).upper()
 
 
 def lease_owner() -> str:
@@ -139,20 +143,25 @@ def release_leases(db: sqlite3.Connection, owner: str) -> None:
 
 
 def claim(
-    db: sqlite3.Connection, owner: str, now: float, lease: float, limit: int
+    db: sqlite3.Connection, owner: str, now: float, lease: float, limit: int, queue_id: str | None = None
 ) -> tuple[list[Delivery], dict[int, tuple[bytes, str]]]:
-    """Lease up to ``limit`` due copies; also return each post's (raw, list headers)."""
+    """Lease up to ``limit`` due copies (of one message, if given); with each post's content."""
+    only = ""
+    params: tuple = (owner, now + lease, now, now)
+    if queue_id is not None:
+        only = f"AND {OF_MESSAGE}"
+        params += (queue_id,)
     rows = db.execute(
-        """
+        f"""
         UPDATE deliveries SET lease_owner = ?, lease_until = ?
          WHERE id IN (
             SELECT id FROM deliveries
              WHERE state = 'pending' AND next_attempt_at <= ?
-               AND (lease_until IS NULL OR lease_until < ?)
+               AND (lease_until IS NULL OR lease_until < ?) {only}
              ORDER BY next_attempt_at, id LIMIT ?)
         RETURNING id, post_id, recipient, attempts, created_at
         """,
-        (owner, now + lease, now, now, limit),
+        (*params, limit),
     ).fetchall()
     if not rows:
         return [], {}
@@ -184,51 +193,138 @@ def claim(
 
 
 def next_state(
-    result: Result, created_at: float, now: float, cfg: QueueConfig, rng: random.Random | None = None
+    attempt: Attempt, now: float, cfg: QueueConfig, rng: random.Random | None = None
 ) -> tuple[str, float, str]:
-    """(state, next attempt time, reply to record) after one attempt."""
-    if result.sent:
-        return SENT, now, result.reply
-    if result.permanent:
-        return FAILED, now, result.reply
-    retry_at = now + backoff(now - created_at, cfg, rng)
-    if retry_at > created_at + cfg.max_queue_lifetime:
-        return FAILED, now, f"4.4.7 delivery time expired; last reply: {result.reply}"
-    return PENDING, retry_at, result.reply
+    """(state, next attempt time, final status code or "") after one attempt."""
+    if attempt.sent:
+        return SENT, now, status_of(attempt.reply, False)
+    if attempt.permanent:
+        return FAILED, now, status_of(attempt.reply, True)
+    created = attempt.delivery.created_at
+    retry_at = now + backoff(now - created, cfg, rng)
+    if retry_at > created + cfg.max_queue_lifetime:
+        return FAILED, now, "4.4.7"
+    return PENDING, retry_at, ""
 
 
 def record(
     db: sqlite3.Connection,
-    results: list[tuple[Result, float]],
+    attempts: list[Attempt],
     now: float,
-    cfg: QueueConfig,
+    cfg: Config,
     rng: random.Random | None = None,
 ) -> list[str]:
-    """Store the outcome of attempts (each paired with its created_at); return the states."""
+    """Store the outcome of attempts and queue any report they complete; return the states."""
     rows = []
-    for result, created_at in results:
-        state, next_at, reply = next_state(result, created_at, now, cfg, rng)
-        rows.append((state, next_at, now, reply[:2000], result.delivery_id))
+    for a in attempts:
+        state, next_at, status = next_state(a, now, cfg.queue, rng)
+        rows.append((state, next_at, now, a.reply[:2000], a.remote, a.tls, status, a.delivery.id))
     db.executemany(
         """
         UPDATE deliveries
            SET state = ?, next_attempt_at = ?, last_attempt_at = ?, last_reply = ?,
+               remote_mta = ?, tls = ?, status = ?,
                attempts = attempts + 1, lease_owner = NULL, lease_until = NULL
          WHERE id = ?
         """,
         rows,
     )
+    for post_id in sorted({a.delivery.post_id for a in attempts}):
+        report_if_due(db, post_id, now, cfg)
     return [row[0] for row in rows]
 
 
-def make_all_due(db: sqlite3.Connection, now: float) -> int:
-    """For a flush: every pending, unleased copy is due now."""
-    cur = db.execute(
-        "UPDATE deliveries SET next_attempt_at = ? "
-        "WHERE state = 'pending' AND next_attempt_at > ? AND lease_owner IS NULL",
-        (now, now),
+# ------------------------------------------------------------------- reports
+
+
+def report_if_due(db: sqlite3.Connection, post_id: int, now: float, cfg: Config) -> str | None:
+    """Queue the administrator's report for a post once it is due; return its queue id.
+
+    A failure report when the post's last copy is final and some failed; a delay
+    warning (if configured) once copies have waited that long. Never about a
+    report: those are lmtpd's own mail.
+    """
+    post = db.execute(
+        """
+        SELECT p.*, m.queue_id, m.raw, m.arrived_at FROM posts p JOIN messages m ON m.id = p.message_id
+         WHERE p.id = ?
+        """,
+        (post_id,),
+    ).fetchone()
+    if post is None or post["kind"] != "list":
+        return None
+    rows = db.execute("SELECT * FROM deliveries WHERE post_id = ?", (post_id,)).fetchall()
+    unfinished = [r for r in rows if r["state"] in (PENDING, HELD)]
+    action, chosen = "", []
+    if not unfinished and post["reported_at"] is None:
+        action, chosen = "failed", [r for r in rows if r["state"] == FAILED]
+        column = "reported_at"
+    elif unfinished and cfg.queue.delay_warning and post["warned_at"] is None:
+        action, column = "delayed", "warned_at"
+        chosen = [r for r in unfinished if r["attempts"] and now - r["created_at"] >= cfg.queue.delay_warning]
+    if not chosen:
+        return None
+    failures = [
+        dsn.Failure(
+            recipient=r["recipient"],
+            reply=r["last_reply"],
+            status=r["status"] or dsn.status_of(r["last_reply"], action == "failed"),
+            remote_mta=r["remote_mta"],
+            last_attempt=r["last_attempt_at"] or now,
+        )
+        for r in chosen
+    ]
+    queue_id = new_queue_id()
+    report = dsn.build_report(
+        domain=cfg.domain,
+        reporting_mta=cfg.hostname,
+        admin=cfg.admin,
+        list_name=post["list_name"],
+        queue_id=post["queue_id"],
+        arrival=post["arrived_at"],
+        original_headers=split_message(bytes(post["raw"]))[0],
+        failures=failures,
+        now=now,
+        action=action,
     )
-    return cur.rowcount
+    enqueue_report(db, queue_id, post["list_name"], report, now, cfg)
+    db.execute(f"UPDATE posts SET {column} = ? WHERE id = ?", (now, post_id))
+    return queue_id
+
+
+def enqueue_report(
+    db: sqlite3.Connection, queue_id: str, list_name: str, report: bytes, now: float, cfg: Config
+) -> None:
+    """A report is mail like any other: a message, a post of kind 'report', one copy."""
+    sender = f"MAILER-DAEMON@{cfg.domain}"
+    subject = read_headers(report).subject
+    cur = db.execute(
+        "INSERT INTO messages (queue_id, mail_from, author, subject, size, raw, arrived_at) "
+        "VALUES (?, '', ?, ?, ?, ?, ?)",
+        (queue_id, sender, subject, len(report), report, now),
+    )
+    cur = db.execute(
+        "INSERT INTO posts (message_id, list_name, sender, list_headers, accepted_at, kind) "
+        "VALUES (?, ?, '', '', ?, 'report')",
+        (cur.lastrowid, list_name, now),
+    )
+    db.execute(
+        "INSERT INTO deliveries (post_id, recipient, created_at, next_attempt_at) VALUES (?, ?, ?, ?)",
+        (cur.lastrowid, cfg.admin, now, now),
+    )
+
+
+def make_all_due(db: sqlite3.Connection, now: float, queue_id: str | None = None) -> int:
+    """For a flush: every pending, unleased copy (of one message, if given) is due now."""
+    sql = (
+        "UPDATE deliveries SET next_attempt_at = ? "
+        "WHERE state = 'pending' AND next_attempt_at > ? AND lease_owner IS NULL"
+    )
+    params: tuple = (now, now)
+    if queue_id is not None:
+        sql += f" AND {OF_MESSAGE}"
+        params += (queue_id,)
+    return db.execute(sql, params).rowcount
 
 
 def next_due(db: sqlite3.Connection) -> float | None:

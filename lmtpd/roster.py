@@ -110,9 +110,7 @@ async def add_member(
     member = await find_member(db, address)
     created = member is None
     if member is None:
-        cur = await db.execute(
-            "INSERT INTO members (address, name, created_at) VALUES (?, ?, ?)", (address, name, now)
-        )
+        cur = await db.execute("INSERT INTO members (address, name, created_at) VALUES (?, ?, ?)", (address, name, now))
         member_id = cur.lastrowid
     else:
         member_id = member["id"]
@@ -137,9 +135,7 @@ async def remove_member(db: aiosqlite.Connection, address: str, lists: list[str]
         await db.execute("DELETE FROM members WHERE id = ?", (member["id"],))
         return
     for list_name, list_id in (await _list_ids(db, lists)).items():
-        cur = await db.execute(
-            "DELETE FROM memberships WHERE list_id = ? AND member_id = ?", (list_id, member["id"])
-        )
+        cur = await db.execute("DELETE FROM memberships WHERE list_id = ? AND member_id = ?", (list_id, member["id"]))
         if cur.rowcount == 0:
             raise RosterError(f"{address} is not a member of {list_name}")
 
@@ -223,9 +219,7 @@ def parse_roster(text: str) -> tuple[list[RosterRow], list[str]]:
     return rows, errors
 
 
-async def import_roster(
-    db: aiosqlite.Connection, rows: list[RosterRow], now: float, club_domain: str
-) -> ImportReport:
+async def import_roster(db: aiosqlite.Connection, rows: list[RosterRow], now: float, club_domain: str) -> ImportReport:
     """Apply parsed rows (inside the caller's transaction); additive and idempotent."""
     missing = sorted(
         {n for r in rows for n in r.lists} - {r["name"] for r in await fetchall(db, "SELECT name FROM lists")}
@@ -235,13 +229,9 @@ async def import_roster(
         raise RosterError("; ".join(f"line {lines[n]}: no such list: {n}" for n in missing))
     report = ImportReport()
     for row in rows:
-        before: sqlite3.Row | None = await fetchone(
-            db, "SELECT name FROM members WHERE address = ?", (row.address,)
-        )
+        before: sqlite3.Row | None = await fetchone(db, "SELECT name FROM members WHERE address = ?", (row.address,))
         try:
-            created, subscribed = await add_member(
-                db, row.address, row.name, list(row.lists), now, club_domain
-            )
+            created, subscribed = await add_member(db, row.address, row.name, list(row.lists), now, club_domain)
         except RosterError as exc:
             raise RosterError(f"line {row.line}: {exc}") from None
         if created:

@@ -157,14 +157,11 @@ async def check_schema(db: aiosqlite.Connection, allow_upgrade: bool) -> None:
     if current == known:
         return
     if current > known:
-        raise SchemaError(
-            f"database schema version {current} is newer than this lmtpd knows ({known}); upgrade lmtpd"
-        )
+        raise SchemaError(f"database schema version {current} is newer than this lmtpd knows ({known}); upgrade lmtpd")
     empty = await fetchone(db, "SELECT 1 FROM sqlite_master WHERE type='table' LIMIT 1") is None
     if not empty and not allow_upgrade:
         raise SchemaError(
-            f"database schema version {current} is older than {known}: "
-            "run 'lmtpd db upgrade' (or 'serve --upgrade')"
+            f"database schema version {current} is older than {known}: run 'lmtpd db upgrade' (or 'serve --upgrade')"
         )
     await upgrade(db)
 

@@ -78,11 +78,14 @@ def test_backoff_follows_age_within_bounds():
 
 def test_expiry_turns_a_deferral_into_a_failure():
     cfg = QueueConfig(max_queue_lifetime=7200)
-    temp = queue.Result(1, 451, "451 4.2.0 busy")
-    state, _, _ = queue.next_state(temp, created_at=0, now=1000, cfg=cfg)
-    assert state == queue.PENDING
-    state, _, reply = queue.next_state(temp, created_at=0, now=7000, cfg=cfg)
-    assert state == queue.FAILED and reply.startswith("4.4.7")
+    copy = queue.Delivery(1, "Q", 1, "bob@example.net", "youth-bounces@myclub.org", 3, created_at=0)
+    temp = queue.Attempt(copy, sent=False, permanent=False, reply="451 4.2.0 busy")
+    state, _, status = queue.next_state(temp, now=1000, cfg=cfg)
+    assert state == queue.PENDING and status == ""
+    state, _, status = queue.next_state(temp, now=7000, cfg=cfg)
+    assert state == queue.FAILED and status == "4.4.7"
+    final = queue.Attempt(copy, sent=False, permanent=True, reply="550 5.1.1 no such user")
+    assert queue.next_state(final, now=10, cfg=cfg)[::2] == (queue.FAILED, "5.1.1")
 
 
 async def test_retries_with_injected_clock_until_delivered(club, sink: Sink, clock: Clock):
@@ -125,6 +128,6 @@ async def test_unreachable_relay_defers_everything(club, clock: Clock):
     counts = await Worker(cfg, writer, None, clock).deliver_due()
     assert counts["pending"] == 3 and counts["unreachable"] == 3
     last = rows(cfg, "SELECT last_reply FROM deliveries")[0][0]
-    assert last.startswith("4.4.1 127.0.0.1:1")
+    assert last.startswith("4.4.1 127.0.0.1[127.0.0.1]:1")
     await writer.stop()
     await db.close()

@@ -65,7 +65,7 @@ async def test_queue_list_and_flush_against_an_unreachable_relay(tmp_path):
             "arrived",
         }
         assert e["state"] == "pending" and e["attempts"] == 1 and e["list"] == "youth"
-        assert e["last_reply"].startswith("4.4.1 127.0.0.1:1")
+        assert e["last_reply"].startswith("4.4.1 127.0.0.1[127.0.0.1]:1")
         assert e["next_attempt"].endswith("Z")
 
 
@@ -75,7 +75,11 @@ async def test_flush_delivers_deferred_copies_now(tmp_path, sink: Sink):
     sink.rcpt_replies = {"carla@example.com": "550 5.1.1 unknown user"}
     code, out, err = await lmtpd(config, "queue", "flush")
     assert code == 0, err
-    assert "attempted 3: 2 sent, 0 deferred, 1 failed" in out
+    # the failure completes the post, which queues a report that the same flush sends
+    assert "attempted 4: 3 sent, 0 deferred, 1 failed" in out
+    reports = [r for r in sink.received if r.rcpt == "admin@myclub.org"]
+    assert len(reports) == 1 and reports[0].mail_from == "<>"
+    assert b"Final-Recipient: rfc822; carla@example.com" in reports[0].data
     code, out, _ = await lmtpd(config, "queue", "list", "--json")
     entries = json.loads(out)
     assert [(e["recipient"], e["state"], e["last_reply"]) for e in entries] == [
