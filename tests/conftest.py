@@ -50,7 +50,13 @@ def short_dir() -> Iterator[Path]:
 
 
 def write_config(
-    folder: Path, listen: str, relay_port: int = 2525, extra: str = "", posts_per_day: int = 5
+    folder: Path,
+    listen: str,
+    relay_port: int = 2525,
+    extra: str = "",
+    posts_per_day: int = 5,
+    relay_extra: str = "",
+    queue_extra: str = "",
 ) -> Path:
     path = folder / "lmtpd.toml"
     path.write_text(
@@ -71,6 +77,9 @@ host = "127.0.0.1"
 port = {relay_port}
 connections = 3
 timeout = 10
+{relay_extra}
+[queue]
+{queue_extra}
 
 [limits]
 posts_per_day = {posts_per_day}
@@ -111,6 +120,8 @@ class Sink:
     hold: asyncio.Event | None = None
     server: asyncio.AbstractServer | None = None
     data_started: int = 0
+    drop_in_data: bool = False  # close the connection instead of answering DATA
+    sessions: int = 0
 
     async def handle_RCPT(self, server, session, envelope, address, options):
         reply = self.rcpt_replies.get(address)
@@ -119,8 +130,16 @@ class Sink:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
     async def handle_DATA(self, server, session, envelope):
         self.data_started += 1
+        if self.drop_in_data:
+            server.transport.close()
+            return "421 4.3.0 gone"
         if self.hold is not None:
             await self.hold.wait()
         for rcpt in envelope.rcpt_tos:
@@ -144,11 +163,13 @@ async def eventually(condition, seconds: float = 10, what: str = "") -> None:
         await asyncio.sleep(0.02)
 
 
-async def start_sink(port: int = 0) -> Sink:
+async def start_sink(port: int = 0, host: str = "127.0.0.1", tls_context=None, protocol=SMTP) -> Sink:
     sink = Sink()
     loop = asyncio.get_running_loop()
     sink.server = await loop.create_server(
-        lambda: SMTP(sink, hostname="sink.example.net", enable_SMTPUTF8=True), "127.0.0.1", port
+        lambda: protocol(sink, hostname="sink.example.net", enable_SMTPUTF8=True, tls_context=tls_context),
+        host,
+        port,
     )
     sink.port = sink.server.sockets[0].getsockname()[1]
     return sink
