@@ -20,7 +20,7 @@ setup(
         "click>=8.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-asyncio>=0.24", "ruff"],
+        "test": ["pytest>=8", "pytest-asyncio>=0.24", "trustme>=1.1", "flufl.bounce>=4.0", "ruff"],
     },
     entry_points={"console_scripts": ["lmtpd = lmtpd.cli:run"]},
     classifiers=[

@@ -142,9 +142,7 @@ posts_per_day = 1000000000
     if stored != args.posts:
         raise SystemExit(f"only {stored} of {args.posts} posts were stored")
     commits = [
-        line.split(": ", 3)[-1]
-        for line in (folder / "serve.log").read_text().splitlines()
-        if "group commit" in line
+        line.split(": ", 3)[-1] for line in (folder / "serve.log").read_text().splitlines() if "group commit" in line
     ]
     detail = f"{stored} stored, {copies} copies queued, {sent} relayed meanwhile; {' '.join(commits)}"
     return seconds, detail
@@ -170,9 +168,7 @@ def main() -> None:
     try:
         delivering = run_lmtpd(work, sink_port, True, args)
         paused = run_lmtpd(work, sink_port, False, args)
-        bare = subprocess.Popen(
-            [sys.executable, str(REPO / "benchmarks" / "bare_lmtp.py"), str(work / "bare.sock")]
-        )
+        bare = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "bare_lmtp.py"), str(work / "bare.sock")])
         try:
             wait_for_socket(work / "bare.sock", bare)
             bare_secs = drive(work / "bare.sock", args)
@@ -184,8 +180,7 @@ def main() -> None:
 
     bare_rate = args.posts / bare_secs
     print(
-        f"load: {args.posts} posts of {args.size} bytes, {args.sessions} LMTP sessions, "
-        f"list of {args.members} members"
+        f"load: {args.posts} posts of {args.size} bytes, {args.sessions} LMTP sessions, list of {args.members} members"
     )
     for label, (secs, detail) in (("lmtpd, delivering", delivering), ("lmtpd, delivery paused", paused)):
         rate = args.posts / secs

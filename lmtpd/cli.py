@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import aiosqlite
 import click
 
-from . import queue, roster
+from . import queue, queue_admin, roster
 from .config import Config, ConfigError, config_path, load
 from .daemon import ListenError, Service
 from .delivery import Worker
@@ -62,6 +62,8 @@ class State:
             return asyncio.run(main())
         except roster.RosterError as exc:
             fail(str(exc), os.EX_DATAERR)
+        except queue_admin.QueueError as exc:
+            fail(str(exc), os.EX_NOINPUT)
         except SchemaError as exc:
             fail(f"database: {exc}", os.EX_CONFIG)
         except StoreError as exc:
@@ -305,11 +307,20 @@ def queue_group() -> None:
 
 
 @queue_group.command("list")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["pending", "held", "failed", "sent", "all"]),
+    help="Only copies in this state (repeatable; default: pending, held, failed).",
+)
+@click.option("--list", "list_name", metavar="NAME", help="Only copies of posts to this list.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
-def queue_list(state: State, as_json: bool) -> None:
-    """One line per pending or failed copy."""
-    rows = state.run(queue.listing)
+def queue_list(state: State, states: tuple[str, ...], list_name: str | None, as_json: bool) -> None:
+    """One line per copy: queue id, recipient, state, attempts, next attempt, last reply."""
+    wanted = queue_admin.STATES if "all" in states else (states or (queue.PENDING, queue.HELD, queue.FAILED))
+    rows = state.run(lambda db: queue_admin.listing(db, tuple(wanted), list_name))
     emit(
         rows,
         as_json,
@@ -321,21 +332,54 @@ def queue_list(state: State, as_json: bool) -> None:
     )
 
 
-@queue_group.command("flush")
+@queue_group.command("show")
+@click.argument("queue_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
-def queue_flush(state: State) -> None:
-    """Attempt every pending copy now; exit 75 if the relay could not be reached."""
+def queue_show(state: State, queue_id: str, as_json: bool) -> None:
+    """Envelope, copies with their states and last replies, and headers of one message."""
+    info = state.run(lambda db: queue_admin.show(db, queue_id))
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"queue id:   {info['queue_id']} ({info['kind']})")
+    click.echo(f"arrived:    {info['arrived']}")
+    click.echo(f"from:       <{info['mail_from']}> (author {info['author']})")
+    click.echo(f"lists:      {', '.join(info['lists']) or '-'}")
+    click.echo(f"size:       {info['size']} bytes")
+    click.echo("copies:")
+    for d in info["deliveries"]:
+        extra = f" next={d['next_attempt']}" if d["next_attempt"] else ""
+        tls = f" tls={d['tls']}" if d["tls"] else ""
+        click.echo(f"  {d['recipient']}  {d['state']}  attempts={d['attempts']}{extra}{tls}  {d['last_reply'] or '-'}")
+    click.echo("headers:")
+    for line in info["headers"].splitlines():
+        click.echo(f"  {line}")
+
+
+@queue_group.command("flush")
+@click.argument("queue_id", required=False)
+@pass_state
+def queue_flush(state: State, queue_id: str | None) -> None:
+    """Attempt every pending copy (of one message) now; exit 75 if the relay could not be reached."""
     cfg = state.config
     if state.verbose:
         setup_logging(state.verbose)
+    interactive = sys.stdout.isatty()
 
     async def run(db: aiosqlite.Connection) -> Any:
+        if queue_id is not None:
+            await queue_admin.show(db, queue_id)  # fails for an unknown id
+        total = (await queue_admin.stats(db, time.time()))["states"][queue.PENDING]
         writer = Writer(cfg.database)
         await writer.start()
         worker = Worker(cfg, writer, None, time.time)
         try:
             await writer.submit(queue.release_dead_leases)
-            return await worker.flush()
+            if not interactive:
+                return await worker.flush(queue_id and queue_id.upper())
+            with click.progressbar(length=total, label="delivering", file=sys.stderr) as bar:
+                return await worker.flush(queue_id and queue_id.upper(), progress=bar.update)
         finally:
             await worker.close()
             await writer.stop()
@@ -346,10 +390,73 @@ def queue_flush(state: State) -> None:
         f"attempted {total}: {counts[queue.SENT]} sent, {counts[queue.PENDING]} deferred, {counts[queue.FAILED]} failed"
     )
     if counts["unreachable"]:
-        fail(
-            f"relay {cfg.relay.host}:{cfg.relay.port} unreachable for {counts['unreachable']} copies",
-            os.EX_TEMPFAIL,
+        where = f"relay {cfg.relay.host}:{cfg.relay.port}" if cfg.relay.mode == "smarthost" else "no MX host"
+        fail(f"{where} unreachable for {counts['unreachable']} copies", os.EX_TEMPFAIL)
+
+
+@queue_group.command("retry")
+@click.argument("queue_id", required=False)
+@click.option("--all-failed", is_flag=True, help="Every failed copy of every message.")
+@pass_state
+def queue_retry(state: State, queue_id: str | None, all_failed: bool) -> None:
+    """Queue failed copies again (they get a new lifetime)."""
+    if bool(queue_id) == all_failed:
+        fail("give a queue id or --all-failed", os.EX_USAGE)
+    now = time.time()
+    count = state.run(lambda db: transaction(db, lambda db: queue_admin.retry(db, queue_id, now)))
+    click.echo(f"{count} failed copies queued again")
+
+
+@queue_group.command("hold")
+@click.argument("queue_id")
+@pass_state
+def queue_hold(state: State, queue_id: str) -> None:
+    """Stop sending the pending copies of a message until released."""
+    count = state.run(lambda db: transaction(db, lambda db: queue_admin.hold(db, queue_id)))
+    click.echo(f"{queue_id.upper()}: {count} copies held")
+
+
+@queue_group.command("release")
+@click.argument("queue_id")
+@pass_state
+def queue_release(state: State, queue_id: str) -> None:
+    """Send the held copies of a message again, starting now."""
+    now = time.time()
+    count = state.run(lambda db: transaction(db, lambda db: queue_admin.release(db, queue_id, now)))
+    click.echo(f"{queue_id.upper()}: {count} copies released")
+
+
+@queue_group.command("delete")
+@click.argument("queue_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def queue_delete(state: State, queue_id: str, yes: bool) -> None:
+    """Delete a message and all its copies; unsent copies will never go out."""
+    info = state.run(lambda db: queue_admin.show(db, queue_id))
+    unsent = sum(1 for d in info["deliveries"] if d["state"] in (queue.PENDING, queue.HELD))
+    if not yes:
+        click.confirm(
+            f"Delete {info['queue_id']} ({info['subject'] or 'no subject'}), {unsent} copies not yet sent?",
+            abort=True,
         )
+    count = state.run(lambda db: transaction(db, lambda db: queue_admin.delete(db, queue_id)))
+    click.echo(f"{info['queue_id']}: deleted with {count} copies")
+
+
+@queue_group.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def queue_stats(state: State, as_json: bool) -> None:
+    """Copies by state and by destination, and the age of the oldest unsent copy."""
+    info = state.run(lambda db: queue_admin.stats(db, time.time()))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo("  ".join(f"{k}={v}" for k, v in info["states"].items()))
+    age = info["oldest_age_seconds"]
+    click.echo(f"oldest unsent: {age} s" if age is not None else "oldest unsent: -")
+    for domain, n in info["destinations"].items():
+        click.echo(f"  {domain}  {n}")
 
 
 def run() -> None:

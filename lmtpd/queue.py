@@ -16,13 +16,10 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiosqlite
-
 from . import dsn
 from .config import Config, QueueConfig
 from .dsn import status_of
 from .lists import read_headers, split_message
-from .store import fetchall
 
 SENT, PENDING, FAILED, HELD = "sent", "pending", "failed", "held"
 
@@ -333,33 +330,3 @@ def next_due(db: sqlite3.Connection) -> float | None:
         "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries WHERE state = 'pending'"
     ).fetchone()
     return row[0] if row else None
-
-
-async def listing(db: aiosqlite.Connection, states: tuple[str, ...] = (PENDING, FAILED)) -> list[dict]:
-    """What ``queue list`` shows: one entry per copy that is not yet sent."""
-    marks = ",".join("?" * len(states))
-    rows = await fetchall(
-        db,
-        f"""
-        SELECT m.queue_id, d.id, d.recipient, d.state, d.attempts, d.next_attempt_at,
-               d.last_reply, p.list_name, m.arrived_at
-          FROM deliveries d JOIN posts p ON p.id = d.post_id JOIN messages m ON m.id = p.message_id
-         WHERE d.state IN ({marks})
-         ORDER BY m.arrived_at, m.queue_id, d.id
-        """,
-        states,
-    )
-    return [
-        {
-            "queue_id": r["queue_id"],
-            "delivery_id": r["id"],
-            "list": r["list_name"],
-            "recipient": r["recipient"],
-            "state": r["state"],
-            "attempts": r["attempts"],
-            "next_attempt": isotime(r["next_attempt_at"]) if r["state"] == PENDING else None,
-            "last_reply": r["last_reply"],
-            "arrived": isotime(r["arrived_at"]),
-        }
-        for r in rows
-    ]

@@ -58,9 +58,7 @@ class Postfix:
 
     def _run(self, *args: str) -> subprocess.CompletedProcess:
         # postfix writes its errors to syslog, which may not exist: capture a tty-less run
-        return subprocess.run(
-            ["postfix", "-c", str(self.conf), *args], capture_output=True, text=True, timeout=60
-        )
+        return subprocess.run(["postfix", "-c", str(self.conf), *args], capture_output=True, text=True, timeout=60)
 
     def start(self) -> None:
         self.stop_if_running()
@@ -113,9 +111,7 @@ class Postfix:
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"postfix did not listen on {self.port}: {self.log()[-2000:]}"
-                    ) from None
+                    raise RuntimeError(f"postfix did not listen on {self.port}: {self.log()[-2000:]}") from None
                 time.sleep(0.1)
 
     def stop_if_running(self) -> None:

@@ -87,14 +87,9 @@ def test_missing_config_file(tmp_path: Path):
 
 def test_no_config_at_all():
     env = {k: v for k, v in os.environ.items() if k != "LMTPD_CONFIG"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "lmtpd", "check-config"], capture_output=True, text=True, env=env
-    )
+    proc = subprocess.run([sys.executable, "-m", "lmtpd", "check-config"], capture_output=True, text=True, env=env)
     assert proc.returncode == 78
-    assert (
-        proc.stderr.strip()
-        == "lmtpd: config error: no configuration file: pass --config PATH or set LMTPD_CONFIG"
-    )
+    assert proc.stderr.strip() == "lmtpd: config error: no configuration file: pass --config PATH or set LMTPD_CONFIG"
     assert "Traceback" not in proc.stderr
 
 
@@ -109,23 +104,16 @@ def test_config_from_environment(cfg_path: Path):
 
 def test_lists_and_members(cfg_path: Path):
     assert run(cfg_path, "lists", "add", "youth", "--description", "Youth section").exit_code == 0
-    assert (
-        run(cfg_path, "lists", "add", "trainers", "--posters", "list", "--posts-per-day", "2").exit_code == 0
-    )
+    assert run(cfg_path, "lists", "add", "trainers", "--posters", "list", "--posts-per-day", "2").exit_code == 0
     dup = run(cfg_path, "lists", "add", "Youth")
     assert dup.exit_code == 65 and "exists already" in dup.output
     assert run(cfg_path, "lists", "add", "youth-bounces").exit_code == 65
-    assert (
-        run(cfg_path, "members", "add", "Anna@Example.NET", "--name", "Anna", "--list", "youth").exit_code
-        == 0
-    )
+    assert run(cfg_path, "members", "add", "Anna@Example.NET", "--name", "Anna", "--list", "youth").exit_code == 0
     assert run(cfg_path, "members", "add", "anna@example.net", "--list", "trainers").exit_code == 0
     assert run(cfg_path, "members", "add", "bob@example.net", "--list", "nope").exit_code == 65
     listed = json.loads(run(cfg_path, "members", "list", "--json").output)
     # one member: the domain is case-insensitive, and so (in practice) is the local part
-    assert listed == [
-        {"address": "Anna@example.net", "name": "Anna", "active": True, "lists": ["trainers", "youth"]}
-    ]
+    assert listed == [{"address": "Anna@example.net", "name": "Anna", "active": True, "lists": ["trainers", "youth"]}]
     lists = {r["name"]: r for r in json.loads(run(cfg_path, "lists", "list", "--json").output)}
     assert lists["trainers"]["posters"] == "list" and lists["trainers"]["posts_per_day"] == 2
     assert lists["youth"]["members"] == 1
@@ -239,7 +227,5 @@ def test_a_list_address_cannot_be_a_member(cfg_path: Path, tmp_path: Path):
     csv_file = tmp_path / "m.csv"
     csv_file.write_text("anna@example.net,Anna,youth\nyouth@myclub.org,Loop,youth\n")
     result = run(cfg_path, "members", "import", str(csv_file))
-    assert (
-        result.exit_code == 65 and "line 2: youth@myclub.org is an address of the list youth" in result.output
-    )
+    assert result.exit_code == 65 and "line 2: youth@myclub.org is an address of the list youth" in result.output
     assert json.loads(run(cfg_path, "members", "list", "--json").output) == []

@@ -63,9 +63,7 @@ async def broken_list(club: Config) -> str:
     db = await open_database(club.database)
 
     async def setup(db):
-        await db.execute(
-            "INSERT INTO lists (name, description, posters, created_at) VALUES ('broken', '', 'club', 0)"
-        )
+        await db.execute("INSERT INTO lists (name, description, posters, created_at) VALUES ('broken', '', 'club', 0)")
         await db.execute(
             "CREATE TRIGGER fail_broken BEFORE INSERT ON posts WHEN NEW.list_name = 'broken' "
             "BEGIN SELECT RAISE(ABORT, 'simulated disk trouble'); END"
@@ -104,9 +102,7 @@ async def test_poster_rules_per_list(service, club):
         lmtp_target(club), "dave@example.com", ["youth@myclub.org"], message(author="dave@example.com")
     )
     assert codes(t.data) == ["250"]
-    t = await lmtpclient.send(
-        lmtp_target(club), "x@example.org", ["youth@myclub.org"], message(author="x@example.org")
-    )
+    t = await lmtpclient.send(lmtp_target(club), "x@example.org", ["youth@myclub.org"], message(author="x@example.org"))
     assert t.data[0].startswith("550 5.7.1 <x@example.org> is not a member")
 
 
@@ -124,9 +120,7 @@ async def test_fifty_recipients_mixed(service, club, broken_list):
 
 async def test_missing_from_is_refused_for_every_recipient(service, club):
     data = b"Subject: no author\r\n\r\nbody\r\n"
-    t = await lmtpclient.send(
-        lmtp_target(club), "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"], data
-    )
+    t = await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"], data)
     assert [r[:9] for r in t.data] == ["550 5.6.0"] * 2
     assert rows(club, "SELECT * FROM messages") == []
 
@@ -214,9 +208,7 @@ async def test_database_gone_answers_451(service, club):
 async def test_quota_is_atomic_under_concurrency(service, club, sink: Sink):
     # posts_per_day = 5 in the test config: 20 concurrent posts, exactly 5 accepted
     posts = [
-        lmtpclient.send(
-            lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message(subject=f"post {i}")
-        )
+        lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message(subject=f"post {i}"))
         for i in range(20)
     ]
     results = await asyncio.gather(*posts)

@@ -87,9 +87,7 @@ def test_copy_replaces_foreign_list_headers_and_keeps_the_rest():
     raw = load("multipart_attachment.eml")
     copy = outgoing_copy(raw, YOUTH)
     assert b"other.example.org" not in copy
-    assert copy.startswith(
-        b'List-Id: "Youth section" <youth.myclub.org>\r\nList-Post: <mailto:youth@myclub.org>\r\n'
-    )
+    assert copy.startswith(b'List-Id: "Youth section" <youth.myclub.org>\r\nList-Post: <mailto:youth@myclub.org>\r\n')
     for field in header_fields(split_message(raw)[0]):
         if not field.lower().startswith((b"list-id", b"list-post")):
             assert field in copy

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import ssl
 import sqlite3
+import ssl
 from collections.abc import AsyncIterator
 from email import message_from_bytes
 from pathlib import Path

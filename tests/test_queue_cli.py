@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from lmtpd.config import load
 from lmtpd.ingest import IngestHandler
-from lmtpd.store import Writer, connect_sync, open_database
+from lmtpd.store import Writer, connect_sync
 
 from .conftest import Clock, Sink, message, populate, spawn_lmtpd, write_config
 
@@ -18,18 +19,21 @@ async def lmtpd(config, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def queue_a_post(config) -> None:
+async def queue_a_post(config, subject: str = "Training on Saturday", first: bool = True) -> str:
+    """Post to youth through the ingest code, as now; return the queue id."""
     cfg = load(config)
-    await populate(cfg)
-    db = await open_database(cfg.database)
+    if first:
+        await populate(cfg)
     writer = Writer(cfg.database)
     await writer.start()
-    replies = await IngestHandler(cfg, writer, connect_sync(cfg.database), Clock()).decide(
-        "anna@example.net", ["youth@myclub.org"], message()
+    reader = connect_sync(cfg.database)
+    replies = await IngestHandler(cfg, writer, reader, Clock(time.time())).decide(
+        "anna@example.net", ["youth@myclub.org"], message(subject=subject)
     )
-    assert replies[0].startswith("250")
     await writer.stop()
-    await db.close()
+    reader.close()
+    assert replies[0].startswith("250")
+    return replies[0].split()[3]
 
 
 async def test_queue_list_and_flush_against_an_unreachable_relay(tmp_path):
@@ -54,16 +58,9 @@ async def test_queue_list_and_flush_against_an_unreachable_relay(tmp_path):
     assert {e["recipient"] for e in entries} == {"anna@example.net", "bob@example.net", "carla@example.com"}
     for e in entries:
         assert set(e) == {
-            "queue_id",
-            "delivery_id",
-            "list",
-            "recipient",
-            "state",
-            "attempts",
-            "next_attempt",
-            "last_reply",
-            "arrived",
-        }
+            "queue_id", "delivery_id", "list", "recipient", "state", "attempts", "next_attempt",
+            "last_attempt", "last_reply", "status", "remote_mta", "tls", "arrived",
+        }  # fmt: skip
         assert e["state"] == "pending" and e["attempts"] == 1 and e["list"] == "youth"
         assert e["last_reply"].startswith("4.4.1 127.0.0.1[127.0.0.1]:1")
         assert e["next_attempt"].endswith("Z")
@@ -87,3 +84,75 @@ async def test_flush_delivers_deferred_copies_now(tmp_path, sink: Sink):
     ]
     code, out, _ = await lmtpd(config, "queue", "flush")
     assert "attempted 0" in out and code == 0
+
+
+async def test_every_queue_command_on_a_populated_queue(tmp_path, sink: Sink):
+    config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port)
+    q1 = await queue_a_post(config, "first")
+    q2 = await queue_a_post(config, "second", first=False)
+    sink.rcpt_replies = {"carla@example.com": "550 5.1.1 unknown user", "bob@example.net": "451 4.2.0 busy"}
+
+    code, out, _ = await lmtpd(config, "queue", "flush", q1.lower())  # ids are case-insensitive
+    assert code == 0 and "attempted 3: 1 sent, 1 deferred, 1 failed" in out
+    assert {r.rcpt for r in sink.received} == {"anna@example.net"}
+
+    code, out, _ = await lmtpd(config, "queue", "list", "--json")
+    listed = {(e["queue_id"], e["recipient"]): e for e in json.loads(out)}
+    assert len(listed) == 5  # q1: bob pending, carla failed; q2: three pending
+    assert listed[(q1, "carla@example.com")]["state"] == "failed"
+    assert listed[(q1, "carla@example.com")]["status"] == "5.1.1"
+    assert listed[(q1, "bob@example.net")]["next_attempt"]
+    assert listed[(q1, "bob@example.net")]["remote_mta"] == "127.0.0.1"
+    assert listed[(q1, "bob@example.net")]["tls"] == "none"
+    code, out, _ = await lmtpd(config, "queue", "list", "--state", "failed", "--json")
+    assert [(e["queue_id"], e["recipient"]) for e in json.loads(out)] == [(q1, "carla@example.com")]
+    code, out, _ = await lmtpd(config, "queue", "list", "--state", "all", "--list", "youth", "--json")
+    assert len(json.loads(out)) == 6
+    code, out, _ = await lmtpd(config, "queue", "list", "--list", "trainers")
+    assert out.strip() == "queue is empty"
+
+    code, out, _ = await lmtpd(config, "queue", "show", q1, "--json")
+    shown = json.loads(out)
+    assert shown["queue_id"] == q1 and shown["lists"] == ["youth"] and shown["mail_from"] == "anna@example.net"
+    assert shown["senders"] == ["youth-bounces@myclub.org"]
+    assert {d["recipient"]: d["state"] for d in shown["deliveries"]} == {
+        "anna@example.net": "sent", "bob@example.net": "pending", "carla@example.com": "failed",
+    }  # fmt: skip
+    assert "Subject: first" in shown["headers"]
+    code, out, _ = await lmtpd(config, "queue", "show", q1)
+    assert code == 0 and "copies:" in out and "550 5.1.1 unknown user" in out and "Subject: first" in out
+
+    code, out, _ = await lmtpd(config, "queue", "hold", q2)
+    assert out.strip() == f"{q2}: 3 copies held"
+    code, out, _ = await lmtpd(config, "queue", "flush")
+    assert "attempted 1:" in out  # only bob's copy of q1; q2 is held
+    code, out, _ = await lmtpd(config, "queue", "list", "--state", "held", "--json")
+    assert {e["queue_id"] for e in json.loads(out)} == {q2} and len(json.loads(out)) == 3
+    code, out, _ = await lmtpd(config, "queue", "release", q2)
+    assert out.strip() == f"{q2}: 3 copies released"
+
+    code, out, _ = await lmtpd(config, "queue", "stats", "--json")
+    stats = json.loads(out)
+    assert stats["states"] == {"pending": 4, "held": 0, "failed": 1, "sent": 1}
+    assert stats["destinations"] == {"example.net": 3, "example.com": 1}
+    assert stats["oldest_age_seconds"] >= 0
+    code, out, _ = await lmtpd(config, "queue", "stats")
+    assert "pending=4" in out and "example.net  3" in out
+
+    code, _, err = await lmtpd(config, "queue", "retry")
+    assert code == 64 and "give a queue id or --all-failed" in err
+    code, out, _ = await lmtpd(config, "queue", "retry", q1)
+    assert out.strip() == "1 failed copies queued again"
+    code, out, _ = await lmtpd(config, "queue", "retry", "--all-failed")
+    assert out.strip() == "0 failed copies queued again"
+
+    proc = await spawn_lmtpd(
+        config, "queue", "delete", q2,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate(b"n\n")
+    assert proc.returncode == 1 and b"Delete" in out and b"3 copies not yet sent" in out
+    code, out, _ = await lmtpd(config, "queue", "delete", q2, "--yes")
+    assert code == 0 and out.strip() == f"{q2}: deleted with 3 copies"
+    code, _, err = await lmtpd(config, "queue", "show", q2)
+    assert code == 66 and f"no message with queue id {q2}" in err

@@ -56,8 +56,9 @@ def parse_report(data: bytes) -> tuple[Message, list[Message]]:
     assert report.get_content_type() == "multipart/report"
     assert report.get_param("report-type") == "delivery-status"
     parts = report.get_payload()
-    status = next(p for p in parts if p.get_content_type() in ("message/delivery-status",
-                                                               "message/global-delivery-status"))
+    status = next(
+        p for p in parts if p.get_content_type() in ("message/delivery-status", "message/global-delivery-status")
+    )
     blocks = status.get_payload()  # per-message block, then one per recipient
     return report, blocks
 
