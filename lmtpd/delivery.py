@@ -122,26 +122,35 @@ class Worker:
         groups: dict[str, list[queue.Delivery]] = {}
         for d in deliveries:
             groups.setdefault(SMARTHOST if self.smarthost else d.domain, []).append(d)
-        attempts: list[queue.Attempt] = []
+        recorded: list[asyncio.Future[list[str]]] = []
+        unreachable = 0
 
         def done(d: queue.Delivery, outcome: Outcome) -> None:
-            attempts.append(
-                queue.Attempt(d, outcome.sent, outcome.permanent, outcome.reply, outcome.remote, outcome.tls)
+            """Record each outcome at once (group commit makes that cheap): a crash then
+            resends at most the copies in flight, not a whole batch."""
+            nonlocal unreachable
+            attempt = queue.Attempt(d, outcome.sent, outcome.permanent, outcome.reply, outcome.remote, outcome.tls)
+            at = self.clock()
+            recorded.append(
+                asyncio.ensure_future(
+                    self.writer.submit(lambda db: queue.record(db, [attempt], at, self.cfg, self.rng))
+                )
             )
+            unreachable += not outcome.remote and not outcome.permanent
             status = "sent" if outcome.sent else "bounced" if outcome.permanent else "deferred"
             log.info(
                 "%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, status=%s (%s)",
-                d.queue_id, d.recipient, outcome.remote or "none", self.clock() - d.created_at,
+                d.queue_id, d.recipient, outcome.remote or "none", at - d.created_at,
                 outcome.tls or "-", status, outcome.reply,
             )  # fmt: skip
             if progress:
                 progress(1)
 
         await asyncio.gather(*(self._destination(dest, items, copies, done) for dest, items in groups.items()))
-        finished = self.clock()
-        states = await self.writer.submit(lambda db: queue.record(db, attempts, finished, self.cfg, self.rng))
-        counts = Counter(states)
-        counts["unreachable"] = sum(1 for a in attempts if not a.remote)
+        counts: Counter[str] = Counter()
+        for states in await asyncio.gather(*recorded):
+            counts.update(states)
+        counts["unreachable"] = unreachable
         return +counts
 
     async def _destination(

@@ -1,0 +1,175 @@
+"""Fan-out benchmark: one post to a 1,000- and a 10,000-member list.
+
+Measures the time from lmtpd's LMTP 250 until the last copy is accepted by Postfix's
+smtp-sink on 127.0.0.1, next to a raw aiosmtplib loop that sends the same number of
+transactions of the same size over the same number of connections, and prints
+deliveries per second for both, their ratio, and the peak memory of ``lmtpd serve``.
+
+    python benchmarks/fanout.py [--sizes 1000 10000] [--connections 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosmtplib
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lmtpd.config import load  # noqa: E402
+from lmtpd.store import open_database  # noqa: E402
+from tests.lmtpclient import send  # noqa: E402
+
+LIMIT_SECONDS = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def body(size: int) -> bytes:
+    head = (
+        "From: Member Zero <m00000@example.net>\r\nTo: big@myclub.org\r\nSubject: fan-out\r\n"
+        "Message-ID: <fanout@example.net>\r\n\r\n"
+    )
+    line = "x" * 76 + "\r\n"
+    return (head + line * max(1, (size - len(head)) // len(line))).encode()
+
+
+async def make_club(config: Path, members: int) -> None:
+    cfg = load(config)
+    db = await open_database(cfg.database)  # creates the schema
+    await db.close()
+    conn = sqlite3.connect(cfg.database)
+    with conn:
+        conn.execute("INSERT INTO lists (name, description, posters, created_at) VALUES ('big', '', 'club', 0)")
+        conn.executemany(
+            "INSERT INTO members (address, name, created_at) VALUES (?, '', 0)",
+            [(f"m{i:05d}@example.net",) for i in range(members)],
+        )
+        conn.execute("INSERT INTO memberships SELECT l.id, m.id FROM lists l, members m")
+    conn.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run_lmtpd(work: Path, members: int, sink_port: int, args) -> tuple[float, float]:
+    folder = work / f"club{members}"
+    folder.mkdir()
+    config = folder / "lmtpd.toml"
+    config.write_text(
+        f"""domain = "myclub.org"
+database = "club.sqlite3"
+admin = "admin@myclub.org"
+[lmtp]
+listen = "unix:{folder}/lmtpd.sock"
+socket_mode = "0666"
+max_message_size = 1048576
+[relay]
+host = "127.0.0.1"
+port = {sink_port}
+connections = {args.connections}
+batch = 500
+"""
+    )
+    await make_club(config, members)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(folder / "serve.log", "w") as log:
+        serve = os.environ.get("LMTPD_BENCH_SERVE", f"{sys.executable} -m lmtpd").split()  # e.g. a profiler
+        proc = subprocess.Popen([*serve, "--config", str(config), "serve"], env=env, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not (folder / "lmtpd.sock").exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("lmtpd serve did not start")
+            await asyncio.sleep(0.05)
+        t = await send(f"unix:{folder}/lmtpd.sock", "m00000@example.net", ["big@myclub.org"], body(args.size))
+        start = time.monotonic()
+        assert t.data[0].startswith("250"), t.data
+        db = sqlite3.connect(folder / "club.sqlite3")
+        while True:
+            left = db.execute("SELECT count(*) FROM deliveries WHERE state != 'sent'").fetchone()[0]
+            if left == 0:
+                break
+            if time.monotonic() - start > LIMIT_SECONDS:
+                raise SystemExit(f"{left} copies still queued after {LIMIT_SECONDS} s")
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - start
+        db.close()
+        peak = peak_rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return elapsed, peak
+
+
+async def raw_loop(members: int, sink_port: int, args) -> float:
+    """The same transactions, straight from aiosmtplib, nothing stored."""
+    data = body(args.size)
+    todo = list(range(members))
+
+    async def lane() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=sink_port, start_tls=False)
+        await smtp.connect()
+        while todo:
+            i = todo.pop()
+            await smtp.sendmail("big-bounces@myclub.org", [f"m{i:05d}@example.net"], data)
+        await smtp.quit()
+
+    start = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(lane() for _ in range(args.connections))), LIMIT_SECONDS)
+    return time.monotonic() - start
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--connections", type=int, default=10)
+    parser.add_argument("--size", type=int, default=5120, help="message size in bytes")
+    args = parser.parse_args()
+    if not shutil.which("smtp-sink"):
+        raise SystemExit("smtp-sink not found: apt-get install postfix")
+    work = Path(tempfile.mkdtemp(prefix="lmfanout", dir="/tmp"))
+    port = free_port()
+    cmd = ["smtp-sink", f"127.0.0.1:{port}", "256"]
+    if os.geteuid() == 0:
+        cmd[1:1] = ["-u", "nobody"]
+    sink = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(0.3)
+        print(f"one post of {args.size} bytes, {args.connections} SMTP connections to smtp-sink")
+        for members in args.sizes:
+            elapsed, peak = await run_lmtpd(work, members, port, args)
+            raw = await raw_loop(members, port, args)
+            print(
+                f"{members:6d} members: lmtpd {members / elapsed:8.1f} copies/s ({elapsed:6.2f} s, "
+                f"serve peak RSS {peak:5.1f} MB)  raw aiosmtplib {members / raw:8.1f}/s ({raw:6.2f} s)  "
+                f"ratio {raw / elapsed:.2f}"
+            )
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        sink.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
