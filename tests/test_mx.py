@@ -304,3 +304,44 @@ async def test_smarthost_requiring_tls_refuses_plain_text(tmp_path: Path, clock:
     assert all(r["last_reply"].startswith("4.7.4") for r in rows.values())
     assert sink.received == []
     await asyncio.sleep(0)
+
+
+async def test_smarthost_with_starttls_and_auth(tmp_path: Path, clock: Clock, ca):
+    from aiosmtpd.smtp import AuthResult
+
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append((mechanism, auth_data.login, auth_data.password, session.ssl is not None))
+        return AuthResult(success=auth_data.login == b"lists" and auth_data.password == b"s3cret")
+
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    loop = asyncio.get_running_loop()
+    sink = Sink()
+    ctx = server_context(ca, "127.0.0.1")
+    sink.server = await loop.create_server(
+        lambda: SMTP(sink, hostname="smarthost.example.net", tls_context=ctx, authenticator=authenticator,
+                     auth_required=True),
+        "127.0.0.1", 0,
+    )  # fmt: skip
+    port = sink.server.sockets[0].getsockname()[1]
+    config = write_config(
+        tmp_path, "127.0.0.1:8024", relay_port=port,
+        relay_extra=f'starttls = true\nusername = "lists"\npassword = "s3cret"\ntls_ca_file = "{ca_file}"',
+    )  # fmt: skip
+    cfg = load(config)
+    await populate(cfg)
+    writer = Writer(cfg.database)
+    await writer.start()
+    reader = connect_sync(cfg.database)
+    await IngestHandler(cfg, writer, reader, clock).decide("anna@example.net", ["youth@myclub.org"], message())
+    await Worker(cfg, writer, reader, clock).deliver_due()
+    await writer.stop()
+    reader.close()
+    sink.server.close()
+    rows = deliveries(cfg)
+    assert {r["state"] for r in rows.values()} == {"sent"}
+    assert {r["tls"] for r in rows.values()} == {"verified"}
+    assert logins and all(ok_tls for *_, ok_tls in logins)
+    assert {login for _, login, _, _ in logins} == {b"lists"}
