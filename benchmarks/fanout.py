@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,20 +21,14 @@ from pathlib import Path
 
 import aiosmtplib
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import start_serve, start_smtp_sink, stop, write_club_config  # noqa: E402
 from lmtpd.config import load  # noqa: E402
 from lmtpd.store import open_database  # noqa: E402
 from tests.lmtpclient import send  # noqa: E402
 
 LIMIT_SECONDS = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def body(size: int) -> bytes:
@@ -74,28 +64,11 @@ def peak_rss_mb(pid: int) -> float:
 
 async def run_lmtpd(work: Path, members: int, sink_port: int, args) -> tuple[float, float]:
     folder = work / f"club{members}"
-    folder.mkdir()
-    config = folder / "lmtpd.toml"
-    config.write_text(
-        f"""domain = "myclub.org"
-database = "club.sqlite3"
-admin = "admin@myclub.org"
-[lmtp]
-listen = "unix:{folder}/lmtpd.sock"
-socket_mode = "0666"
-max_message_size = 1048576
-[relay]
-host = "127.0.0.1"
-port = {sink_port}
-connections = {args.connections}
-batch = 500
-"""
+    config = write_club_config(
+        folder, sink_port, lmtp="max_message_size = 1048576", relay=f"connections = {args.connections}\nbatch = 500"
     )
     await make_club(config, members)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    with open(folder / "serve.log", "w") as log:
-        serve = os.environ.get("LMTPD_BENCH_SERVE", f"{sys.executable} -m lmtpd").split()  # e.g. a profiler
-        proc = subprocess.Popen([*serve, "--config", str(config), "serve"], env=env, stderr=log)
+    proc = start_serve(config, folder / "serve.log")
     try:
         deadline = time.monotonic() + 30
         while not (folder / "lmtpd.sock").exists():
@@ -117,8 +90,7 @@ batch = 500
         db.close()
         peak = peak_rss_mb(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
     return elapsed, peak
 
 
@@ -149,11 +121,7 @@ async def main() -> None:
     if not shutil.which("smtp-sink"):
         raise SystemExit("smtp-sink not found: apt-get install postfix")
     work = Path(tempfile.mkdtemp(prefix="lmfanout", dir="/tmp"))
-    port = free_port()
-    cmd = ["smtp-sink", f"127.0.0.1:{port}", "256"]
-    if os.geteuid() == 0:
-        cmd[1:1] = ["-u", "nobody"]
-    sink = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    sink, port = start_smtp_sink()
     try:
         await asyncio.sleep(0.3)
         print(f"one post of {args.size} bytes, {args.connections} SMTP connections to smtp-sink")
@@ -166,8 +134,7 @@ async def main() -> None:
                 f"ratio {raw / elapsed:.2f}"
             )
     finally:
-        sink.send_signal(signal.SIGTERM)
-        sink.wait(timeout=10)
+        stop(sink)
         shutil.rmtree(work, ignore_errors=True)
 
 

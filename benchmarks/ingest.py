@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -27,20 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import REPO, start_serve, start_smtp_sink, stop, write_club_config  # noqa: E402
 from lmtpd import roster  # noqa: E402
 from lmtpd.config import load  # noqa: E402
 from lmtpd.store import open_database, transaction  # noqa: E402
 
 LIMIT_SECONDS = 600  # every run stops by itself
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen) -> None:
@@ -79,20 +71,6 @@ def drive(path: Path, args: argparse.Namespace) -> float:
     return time.monotonic() - start
 
 
-def serve_command() -> list[str]:
-    custom = os.environ.get("LMTPD_BENCH_SERVE")
-    return custom.split() if custom else [sys.executable, "-m", "lmtpd"]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 async def make_club(config: Path, members: int) -> None:
     cfg = load(config)
     db = await open_database(cfg.database)
@@ -108,33 +86,17 @@ async def make_club(config: Path, members: int) -> None:
 
 def run_lmtpd(work: Path, sink_port: int, deliver: bool, args: argparse.Namespace) -> tuple[float, str]:
     folder = work / ("deliver" if deliver else "paused")
-    folder.mkdir()
-    config = folder / "lmtpd.toml"
-    config.write_text(
-        f"""domain = "myclub.org"
-database = "bench.sqlite3"
-admin = "admin@myclub.org"
-[lmtp]
-listen = "unix:{folder}/lmtpd.sock"
-socket_mode = "0666"
-[relay]
-deliver = {"true" if deliver else "false"}
-host = "127.0.0.1"
-port = {sink_port}
-[limits]
-posts_per_day = 1000000000
-"""
+    config = write_club_config(
+        folder, sink_port, relay=f"deliver = {'true' if deliver else 'false'}", limits="posts_per_day = 1000000000"
     )
     asyncio.run(make_club(config, args.members))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    with open(folder / "serve.log", "w") as log:
-        proc = subprocess.Popen([*serve_command(), "--config", str(config), "serve"], env=env, stderr=log)
-        try:
-            wait_for_socket(folder / "lmtpd.sock", proc)
-            seconds = drive(folder / "lmtpd.sock", args)
-        finally:
-            stop(proc)
-    db = sqlite3.connect(folder / "bench.sqlite3")
+    proc = start_serve(config, folder / "serve.log")
+    try:
+        wait_for_socket(folder / "lmtpd.sock", proc)
+        seconds = drive(folder / "lmtpd.sock", args)
+    finally:
+        stop(proc)
+    db = sqlite3.connect(folder / "club.sqlite3")
     stored = db.execute("SELECT count(*) FROM messages").fetchone()[0]
     copies = db.execute("SELECT count(*) FROM deliveries").fetchone()[0]
     sent = db.execute("SELECT count(*) FROM deliveries WHERE state = 'sent'").fetchone()[0]
@@ -160,11 +122,7 @@ def main() -> None:
             raise SystemExit(f"{tool} not found: apt-get install postfix")
 
     work = Path(tempfile.mkdtemp(prefix="lmbench", dir="/tmp"))
-    sink_port = free_port()
-    sink_cmd = ["smtp-sink", f"127.0.0.1:{sink_port}", "256"]
-    if os.geteuid() == 0:
-        sink_cmd[1:1] = ["-u", "nobody"]
-    sink = subprocess.Popen(sink_cmd, stdout=subprocess.DEVNULL)
+    sink, sink_port = start_smtp_sink()
     try:
         delivering = run_lmtpd(work, sink_port, True, args)
         paused = run_lmtpd(work, sink_port, False, args)

@@ -81,23 +81,8 @@ class Net:
         return self.cfg
 
     async def post_and_deliver(self, clock: Clock, rng: random.Random | None = None) -> dict:
-        """Post once to youth and run one delivery pass; return the deliveries by recipient."""
         assert self.cfg is not None
-        writer = Writer(self.cfg.database)
-        await writer.start()
-        reader = connect_sync(self.cfg.database)
-        try:
-            replies = await IngestHandler(self.cfg, writer, reader, clock).decide(
-                "anna@example.net", ["youth@myclub.org"], message()
-            )
-            assert replies[0].startswith("250")
-            worker = Worker(self.cfg, writer, reader, clock, rng or random.Random(3))
-            await worker.deliver_due()
-            await worker.close()
-        finally:
-            await writer.stop()
-            reader.close()
-        return deliveries(self.cfg)
+        return await post_and_deliver(self.cfg, clock, rng)
 
     def close(self) -> None:
         for sink in self.sinks.values():
@@ -105,6 +90,25 @@ class Net:
             sink.server.close()
         if getattr(self, "dns", None):
             self.dns.close()
+
+
+async def post_and_deliver(cfg: Config, clock: Clock, rng: random.Random | None = None) -> dict[str, sqlite3.Row]:
+    """Post once to youth and run one delivery pass; return the deliveries by recipient."""
+    writer = Writer(cfg.database)
+    await writer.start()
+    reader = connect_sync(cfg.database)
+    try:
+        replies = await IngestHandler(cfg, writer, reader, clock).decide(
+            "anna@example.net", ["youth@myclub.org"], message()
+        )
+        assert replies[0].startswith("250")
+        worker = Worker(cfg, writer, reader, clock, rng or random.Random(3))
+        await worker.deliver_due()
+        await worker.close()
+    finally:
+        await writer.stop()
+        reader.close()
+    return deliveries(cfg)
 
 
 def deliveries(cfg: Config) -> dict[str, sqlite3.Row]:
@@ -292,18 +296,10 @@ async def test_smarthost_requiring_tls_refuses_plain_text(tmp_path: Path, clock:
     config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, relay_extra="starttls = true")
     cfg = load(config)
     await populate(cfg)
-    writer = Writer(cfg.database)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    await IngestHandler(cfg, writer, reader, clock).decide("anna@example.net", ["youth@myclub.org"], message())
-    await Worker(cfg, writer, reader, clock).deliver_due()
-    await writer.stop()
-    reader.close()
-    rows = deliveries(cfg)
+    rows = await post_and_deliver(cfg, clock)
     assert {r["state"] for r in rows.values()} == {"pending"}
     assert all(r["last_reply"].startswith("4.7.4") for r in rows.values())
     assert sink.received == []
-    await asyncio.sleep(0)
 
 
 async def test_smarthost_with_starttls_and_auth(tmp_path: Path, clock: Clock, ca):
@@ -332,15 +328,8 @@ async def test_smarthost_with_starttls_and_auth(tmp_path: Path, clock: Clock, ca
     )  # fmt: skip
     cfg = load(config)
     await populate(cfg)
-    writer = Writer(cfg.database)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    await IngestHandler(cfg, writer, reader, clock).decide("anna@example.net", ["youth@myclub.org"], message())
-    await Worker(cfg, writer, reader, clock).deliver_due()
-    await writer.stop()
-    reader.close()
+    rows = await post_and_deliver(cfg, clock)
     sink.server.close()
-    rows = deliveries(cfg)
     assert {r["state"] for r in rows.values()} == {"sent"}
     assert {r["tls"] for r in rows.values()} == {"verified"}
     assert logins and all(ok_tls for *_, ok_tls in logins)

@@ -36,19 +36,26 @@ class Club:
     def rows(self, sql: str, params=()) -> list[sqlite3.Row]:
         return self.reader.execute(sql, params).fetchall()
 
+    async def close(self) -> None:
+        await self.worker.close()
+        await self.writer.stop()
+        self.reader.close()
 
-@pytest.fixture
-async def club(tmp_path, sink: Sink, clock: Clock):
-    config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra="max_queue_lifetime = 7200")
+
+async def make_club(tmp_path, sink: Sink, clock: Clock, queue_extra: str) -> Club:
+    config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra=queue_extra)
     cfg = load(config)
     await populate(cfg)
     writer = Writer(cfg.database)
     await writer.start()
-    c = Club(cfg, writer, clock)
+    return Club(cfg, writer, clock)
+
+
+@pytest.fixture
+async def club(tmp_path, sink: Sink, clock: Clock):
+    c = await make_club(tmp_path, sink, clock, "max_queue_lifetime = 7200")
     yield c
-    await c.worker.close()
-    await writer.stop()
-    c.reader.close()
+    await c.close()
 
 
 def parse_report(data: bytes) -> tuple[Message, list[Message]]:
@@ -140,12 +147,7 @@ async def test_never_a_report_about_a_report(club: Club, sink: Sink):
 
 
 async def test_delay_warning(tmp_path, sink: Sink, clock: Clock):
-    config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra="delay_warning = 3600")
-    cfg = load(config)
-    await populate(cfg)
-    writer = Writer(cfg.database)
-    await writer.start()
-    club = Club(cfg, writer, clock)
+    club = await make_club(tmp_path, sink, clock, "delay_warning = 3600")
     sink.rcpt_replies = {"bob@example.net": "451 4.2.0 later"}
     await club.post()
     await club.worker.deliver_due()
@@ -157,9 +159,7 @@ async def test_delay_warning(tmp_path, sink: Sink, clock: Clock):
     assert len(warnings) == 1
     _, blocks = parse_report(warnings[0].data)
     assert [(b["Final-Recipient"], b["Action"]) for b in blocks[1:]] == [("rfc822; bob@example.net", "delayed")]
-    await club.worker.close()
-    await writer.stop()
-    club.reader.close()
+    await club.close()
 
 
 def test_utf8_recipients_use_the_global_types():
