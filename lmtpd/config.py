@@ -71,6 +71,13 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    listen: Listen | None = None  # no policy service unless set
+    require_tls: bool = False
+    trusted_clients: tuple[str, ...] = ()  # client certificate fingerprints or subjects
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     posts_per_day: int = 20
 
@@ -85,6 +92,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: Path | None = None
 
 
@@ -129,6 +137,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     limits = top.section("limits")
     relay = top.section("relay")
     queue = top.section("queue")
+    policy = top.section("policy")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -177,6 +186,12 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         posts_per_day=limits.integer("posts_per_day", LimitsConfig.posts_per_day, low=0),
     )
     limits.done()
+    policy_cfg = PolicyConfig(
+        listen=_listen(policy, "listen", base) if "listen" in policy.data else None,
+        require_tls=policy.boolean("require_tls", False),
+        trusted_clients=tuple(policy.strings("trusted_clients")),
+    )
+    policy.done()
     return Config(
         domain=domain,
         database=database,
@@ -186,6 +201,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         relay=relay_cfg,
         queue=queue_cfg,
         limits=limits_cfg,
+        policy=policy_cfg,
         source=source,
     )
 

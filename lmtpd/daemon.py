@@ -8,6 +8,7 @@ the grace period, stop the worker, commit what is pending, remove the socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -15,15 +16,19 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .config import Config, Listen
 from .delivery import Worker
 from .ingest import IngestHandler, LMTPServer
+from .policy import MAX_LINE, PolicyServer
 from .store import StoreError, Writer, connect_sync, open_database
 
 log = logging.getLogger(__name__)
+
+
+BACKLOG = 1024  # every Postfix smtpd process may connect at once
 
 
 class ListenError(Exception):
@@ -36,6 +41,7 @@ class Service:
         self.clock = clock
         self.sessions: set[LMTPServer] = set()
         self.server: asyncio.AbstractServer | None = None
+        self.policy_server: asyncio.AbstractServer | None = None
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
 
@@ -62,7 +68,19 @@ class Service:
                 loop=loop,
             )
 
-        self.server = await _listen(loop, factory, cfg.lmtp.listen)
+        self.server = await _listen(
+            cfg.lmtp.listen,
+            functools.partial(loop.create_server, factory, backlog=BACKLOG),
+            functools.partial(loop.create_unix_server, factory, backlog=BACKLOG),
+        )
+        if cfg.policy.listen is not None:
+            self.policy = PolicyServer(cfg, self.reader, self.clock)
+            self.policy_server = await _listen(
+                cfg.policy.listen,
+                functools.partial(asyncio.start_server, self.policy.handle, limit=MAX_LINE, backlog=BACKLOG),
+                functools.partial(asyncio.start_unix_server, self.policy.handle, limit=MAX_LINE, backlog=BACKLOG),
+            )
+            log.info("policy service listening on %s", cfg.policy.listen)
         if cfg.relay.deliver:
             self._worker_task = loop.create_task(self.worker.run(), name="lmtpd-delivery")
         log.info("lmtpd listening on %s for %s", cfg.lmtp.listen, cfg.domain)
@@ -71,6 +89,8 @@ class Service:
         grace = self.cfg.lmtp.shutdown_grace
         if self.server is not None:
             self.server.close()
+        if self.policy_server is not None:
+            self.policy_server.close()  # Postfix answers its clients 451 meanwhile
         deadline = time.monotonic() + grace
         while True:
             for session in list(self.sessions):
@@ -100,12 +120,9 @@ class Service:
                 self.writer.jobs / self.writer.batches,
             )
         self.reader.close()
-        path = self.cfg.lmtp.listen.path
-        if path is not None:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        for listen in (self.cfg.lmtp.listen, self.cfg.policy.listen):
+            if listen is not None and listen.path is not None:
+                listen.path.unlink(missing_ok=True)
         log.info("lmtpd stopped")
 
     async def run_until_signalled(self, allow_upgrade: bool = False) -> None:
@@ -125,18 +142,20 @@ class Service:
         await self.stop()
 
 
-async def _listen(
-    loop: asyncio.AbstractEventLoop, factory: Callable[[], LMTPServer], listen: Listen
-) -> asyncio.AbstractServer:
+Opener = Callable[..., Awaitable[asyncio.AbstractServer]]
+
+
+async def _listen(listen: Listen, open_tcp: Opener, open_unix: Opener) -> asyncio.AbstractServer:
+    """Listen on TCP, or on a Unix socket given the configured mode and group."""
     if listen.path is None:
         try:
-            return await loop.create_server(factory, listen.host, listen.port)
+            return await open_tcp(host=listen.host, port=listen.port)
         except OSError as exc:
             raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     path = listen.path
     _remove_stale_socket(path)
     try:
-        server = await loop.create_unix_server(factory, str(path))
+        server = await open_unix(path=str(path))
     except OSError as exc:
         raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     try:

@@ -21,8 +21,19 @@ from aiosmtpd.smtp import Envelope, Session, syntax
 
 from . import queue
 from .config import Config
-from .lists import HeaderInfo, is_own_copy, list_header_lines, read_headers
-from .store import FIND_LIST, FIND_MEMBER, Writer
+from .lists import (
+    BOUNCES,
+    POST,
+    HeaderInfo,
+    daily_limit,
+    is_own_copy,
+    limit_refusal,
+    list_header_lines,
+    parse_recipient,
+    poster_refusal,
+    read_headers,
+)
+from .store import FIND_LIST, FIND_MEMBER, Writer, in_list
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +41,6 @@ TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
 
 
 # ------------------------------------------------------------------ decisions
-
-
-def split_recipient(address: str, domain: str) -> tuple[str | None, str]:
-    """(list name, refusal): the list a club address names, or why it cannot be one."""
-    local, at, dom = address.rpartition("@")
-    if not at or not local:
-        return None, f"550 5.1.3 <{address}>: bad recipient address syntax"
-    if dom.lower().rstrip(".") != domain:
-        return None, f"550 5.1.2 <{address}>: this server only accepts mail for {domain}"
-    return local.lower(), ""
 
 
 @dataclass(frozen=True)
@@ -62,20 +63,26 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
     (quota included). Returns the replies in RCPT order and the copies queued.
     """
     author = post.headers.author
-    assert author is not None
-    member = db.execute(FIND_MEMBER, (author,)).fetchone()
+    member = db.execute(FIND_MEMBER, (author,)).fetchone() if author else None
     replies: list[str] = []
     accepted: set[str] = set()
     message_id: int | None = None
     copies = 0
     day = date.fromtimestamp(post.arrived_at).isoformat()
     for address in post.recipients:
-        name, refusal = split_recipient(address, cfg.domain)
-        lst = db.execute(FIND_LIST, (name,)).fetchone() if name else None
-        if name and lst is None:
+        rcpt, refusal = parse_recipient(address, cfg.domain)
+        lst = db.execute(FIND_LIST, (rcpt.list_name,)).fetchone() if rcpt and rcpt.kind in (POST, BOUNCES) else None
+        if rcpt and lst is None:
             refusal = f"550 5.1.1 <{address}>: no such list"
-        if refusal or lst is None:
+        if refusal or lst is None or rcpt is None:
             replies.append(refusal)
+            continue
+        if rcpt.kind == BOUNCES:
+            _store_bounce(db, post, address, lst["name"], rcpt.extension)
+            replies.append(f"250 2.0.0 <{address}> {post.queue_id} bounce stored")
+            continue
+        if author is None:
+            replies.append(f"550 5.6.0 {post.headers.from_problem}")
             continue
         if lst["name"] in accepted:  # the same list twice: one post
             replies.append(f"250 2.0.0 <{address}> {post.queue_id} already accepted")
@@ -104,6 +111,15 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
         db.execute("RELEASE rcpt")
         replies.append(reply)
     return replies, copies
+
+
+def _store_bounce(db: sqlite3.Connection, post: Post, address: str, list_name: str, extension: str) -> None:
+    """Keep it raw for ``lmtpd bounces process``; nothing else happens inline."""
+    db.execute(
+        "INSERT INTO bounces (queue_id, list_name, recipient, extension, mail_from, size, raw, arrived_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (post.queue_id, list_name, address, extension, post.mail_from, len(post.raw), post.raw, post.arrived_at),
+    )
 
 
 def _store_message(db: sqlite3.Connection, post: Post, author: str) -> int:
@@ -164,18 +180,14 @@ def _check_poster(
     day: str,
 ) -> str:
     """Empty if ``author`` may post to ``lst`` now (and count the post), else the refusal."""
-    name = lst["name"]
-    if member is None or not member["active"]:
-        return f"550 5.7.1 <{author}> is not a member of {cfg.domain} and may not post to {name}"
-    if lst["posters"] == "list":
-        row = db.execute(
-            "SELECT 1 FROM memberships WHERE list_id = ? AND member_id = ?", (lst["id"], member["id"])
-        ).fetchone()
-        if row is None:
-            return f"550 5.7.1 only members of {name} may post to it; <{author}> is not one"
-    limit = lst["posts_per_day"] if lst["posts_per_day"] is not None else cfg.limits.posts_per_day
+    member_of_list = member is not None and in_list(db, lst["id"], member["id"])
+    refusal = poster_refusal(author, cfg.domain, lst, member, member_of_list)
+    if refusal:
+        return refusal
+    assert member is not None
+    limit = daily_limit(lst, cfg.limits.posts_per_day)
     counted = None
-    if limit > 0:
+    if limit > 0:  # count and check in one statement: concurrent posts cannot overshoot
         counted = db.execute(
             """
             INSERT INTO quota_use (member_id, list_id, day, posts) VALUES (?, ?, ?, 1)
@@ -185,9 +197,7 @@ def _check_poster(
             """,
             (member["id"], lst["id"], day, limit),
         ).fetchone()
-    if counted is None:
-        return f"550 5.7.1 daily limit reached: {limit} posts per day to {name}"
-    return ""
+    return limit_refusal(lst["name"], limit) if counted is None else ""
 
 
 class IngestHandler:
@@ -210,11 +220,13 @@ class IngestHandler:
     async def handle_RCPT(
         self, server: LMTPServer, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        name, refusal = split_recipient(address, self.cfg.domain)
-        if name is None:
+        rcpt, refusal = parse_recipient(address, self.cfg.domain)
+        if rcpt is None:
             return refusal
+        if rcpt.kind not in (POST, BOUNCES):
+            return f"550 5.1.1 <{address}>: no such address here"
         try:  # an indexed read in WAL mode: microseconds, never waits for writers
-            lst = self.reader.execute(FIND_LIST, (name,)).fetchone()
+            lst = self.reader.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
         except sqlite3.Error:
             log.exception("list lookup failed for <%s>", address)
             return TEMPFAIL
@@ -228,7 +240,8 @@ class IngestHandler:
         rcpts = list(envelope.rcpt_tos)
         raw = envelope.original_content or b""
         try:
-            replies = await self.decide(envelope.mail_from or "", rcpts, raw)
+            sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from  # aiosmtpd's null sender
+            replies = await self.decide(sender, rcpts, raw)
         except Exception:
             log.exception("could not store a message for %s", ", ".join(rcpts))
             replies = [TEMPFAIL] * len(rcpts)
@@ -238,9 +251,6 @@ class IngestHandler:
         """The per-recipient replies for one message; 250s only after the commit."""
         headers = read_headers(raw)
         queue_id = queue.new_queue_id()
-        if headers.author is None:
-            log.info("%s: refused from=<%s>: %s", queue_id, mail_from, headers.from_problem)
-            return [f"550 5.6.0 {headers.from_problem}"] * len(rcpts)
         post = Post(queue_id, mail_from, rcpts, raw, headers, self.clock())
         replies, copies = await self.writer.submit(lambda db: accept(db, post, self.cfg))
         for rcpt, reply in zip(rcpts, replies, strict=False):
@@ -248,7 +258,7 @@ class IngestHandler:
                 "%s: from=<%s>, author=<%s>, to=<%s>, size=%d, message-id=%s: %s",
                 queue_id,
                 mail_from,
-                headers.author,
+                headers.author or "-",
                 rcpt,
                 len(raw),
                 headers.message_id or "-",

@@ -7,6 +7,7 @@ so whatever the poster signed or encoded reaches the members as it was sent.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.header import Header, decode_header, make_header
 from email.utils import getaddresses
@@ -26,6 +27,56 @@ class HeaderInfo:
     message_id: str
     subject: str
     list_ids: tuple[str, ...] = ()  # List-Id values the message already carries
+
+
+# ------------------------------------------------------------------ addresses
+
+POST, BOUNCES, REQUEST, OWNER = "post", "bounces", "request", "owner"
+SUFFIXES = {"-bounces": BOUNCES, "-request": REQUEST, "-owner": OWNER}
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """What a club address is for: a list post, its bounces, its request or owner address."""
+
+    kind: str
+    list_name: str
+    extension: str = ""  # after "+": the VERP-encoded member on a bounce address
+
+
+def parse_recipient(address: str, domain: str) -> tuple[Recipient | None, str]:
+    """(the address's meaning, or the refusal that says why it has none here)."""
+    local, at, dom = address.rpartition("@")
+    if not at or not local:
+        return None, f"550 5.1.3 <{address}>: bad recipient address syntax"
+    if dom.lower().rstrip(".") != domain:
+        return None, f"550 5.1.2 <{address}>: this server only accepts mail for {domain}"
+    base, _, extension = local.lower().partition("+")
+    for suffix, kind in SUFFIXES.items():
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return Recipient(kind, base[: -len(suffix)], extension), ""
+    return Recipient(POST, base, extension), ""
+
+
+# ---------------------------------------------------------------- posting rules
+
+
+def poster_refusal(author: str, domain: str, lst: Mapping, member: Mapping | None, in_list: bool) -> str:
+    """Why ``author`` may not post to ``lst``, or "" if they may (the daily limit aside)."""
+    name = lst["name"]
+    if member is None or not member["active"]:
+        return f"550 5.7.1 <{author}> is not a member of {domain} and may not post to {name}"
+    if lst["posters"] == "list" and not in_list:
+        return f"550 5.7.1 only members of {name} may post to it; <{author}> is not one"
+    return ""
+
+
+def daily_limit(lst: Mapping, default: int) -> int:
+    return lst["posts_per_day"] if lst["posts_per_day"] is not None else default
+
+
+def limit_refusal(name: str, limit: int) -> str:
+    return f"550 5.7.1 daily limit reached: {limit} posts per day to {name}"
 
 
 def split_message(raw: bytes) -> tuple[bytes, bytes]:

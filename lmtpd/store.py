@@ -350,6 +350,18 @@ FIND_LIST = "SELECT * FROM lists WHERE name = ?"
 FIND_MEMBER = "SELECT * FROM members WHERE address = ?"
 
 
+def in_list(db: sqlite3.Connection, list_id: int, member_id: int) -> bool:
+    row = db.execute("SELECT 1 FROM memberships WHERE list_id = ? AND member_id = ?", (list_id, member_id))
+    return row.fetchone() is not None
+
+
+def posts_today(db: sqlite3.Connection, member_id: int, list_id: int, day: str) -> int:
+    row = db.execute(
+        "SELECT posts FROM quota_use WHERE member_id = ? AND list_id = ? AND day = ?", (member_id, list_id, day)
+    ).fetchone()
+    return row[0] if row else 0
+
+
 async def find_list(db: aiosqlite.Connection, name: str) -> sqlite3.Row | None:
     return await fetchone(db, FIND_LIST, (name.lower(),))
 

@@ -41,7 +41,7 @@ def _add_to_default(param: str, value: str) -> None:
 
 
 class Postfix:
-    def __init__(self, name: str, club_domain: str, routes: dict[str, str]):
+    def __init__(self, name: str, club_domain: str, routes: dict[str, str], settings: dict[str, str] | None = None):
         """``routes``: domain -> transport, e.g. ``lmtp:unix:private/lmtpd``."""
         self.root = BASE / name
         self.conf = self.root / "conf"
@@ -51,6 +51,7 @@ class Postfix:
         self.port = free_port()
         self.club_domain = club_domain
         self.routes = routes
+        self.extra = settings or {}
 
     @property
     def lmtp_socket(self) -> Path:
@@ -93,6 +94,7 @@ class Postfix:
             "minimal_backoff_time": "2s",
             "maximal_backoff_time": "4s",
             "queue_run_delay": "2s",
+            **self.extra,
         }
         _postconf("-c", str(self.conf), "-e", *[f"{k} = {v}" for k, v in settings.items()])
         _postconf("-c", str(self.conf), "-F", "*/*/chroot = n")

@@ -267,3 +267,20 @@ async def test_author_matching_ignores_case(service, club):
         lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message(author="ANNA@Example.Net")
     )
     assert codes(t.data) == ["250"]
+
+
+async def test_bounces_are_stored_raw_from_anyone(service, club):
+    dsn_body = b"Subject: Undelivered Mail Returned to Sender\r\n\r\nsorry\r\n"  # no From at all
+    t = await lmtpclient.send(
+        lmtp_target(club), "", ["youth-bounces+bob=example.net@myclub.org", "youth@myclub.org",
+                               "chess-bounces@myclub.org"], dsn_body,
+    )  # fmt: skip
+    assert t.rcpt[2].startswith("550 5.1.1")  # no such list
+    assert [r[:3] for r in t.data] == ["250", "550"]
+    assert t.data[0].endswith("bounce stored") and t.data[1].startswith("550 5.6.0")
+    stored = rows(club, "SELECT * FROM bounces")
+    assert len(stored) == 1
+    assert stored[0]["list_name"] == "youth" and stored[0]["extension"] == "bob=example.net"
+    assert stored[0]["mail_from"] == "" and bytes(stored[0]["raw"]) == dsn_body
+    assert stored[0]["processed_at"] is None
+    assert rows(club, "SELECT * FROM messages") == []

@@ -1,0 +1,150 @@
+"""Postfix policy delegation (SMTPD_POLICY_README): refuse strangers during the session.
+
+Postfix asks at RCPT time, with ``name=value`` lines ended by an empty line, many
+requests per connection; we answer ``action=...`` and an empty line. A refusal here
+reaches the real client while it is still connected, so nobody is ever sent a bounce
+for a post we do not want (no backscatter to forged senders).
+
+Decisions for recipients in the club domain: an unknown list or address 550 5.1.1;
+a post from an envelope sender who may not post there, or from the null sender,
+550 5.7.1; a member at the daily limit 550 5.7.1; the bounce address takes mail from
+anyone. Optional TLS rules: ``require_tls`` defers plain-text posts (450 4.7.0), and
+``trusted_clients`` lists the client certificates (fingerprints or subjects) that
+posts must come with. Anything else gets DUNNO: Postfix's other rules decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import date
+
+from .config import Config
+from .lists import BOUNCES, POST, daily_limit, limit_refusal, parse_recipient, poster_refusal
+from .store import FIND_LIST, FIND_MEMBER, in_list, normalize_address, posts_today
+
+log = logging.getLogger(__name__)
+
+DUNNO = "DUNNO"
+TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
+MAX_LINE = 64 * 1024  # a longer line is no policy request: drop the connection
+MAX_ATTRIBUTES = 100
+
+
+def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: float) -> str:
+    """The action for one request; reads the database, writes nothing."""
+    if request.get("request") != "smtpd_access_policy" or request.get("protocol_state", "RCPT") != "RCPT":
+        return DUNNO
+    recipient = request.get("recipient", "")
+    rcpt, refusal = parse_recipient(recipient, cfg.domain)
+    if rcpt is None or recipient.lower() == cfg.admin.lower():
+        return DUNNO  # not ours (or the administrator's): Postfix's own rules decide
+    if rcpt.kind not in (POST, BOUNCES):
+        return f"550 5.1.1 <{recipient}>: no such address here"
+    lst = db.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
+    if lst is None:
+        return f"550 5.1.1 <{recipient}>: no such list"
+    if rcpt.kind == BOUNCES:
+        return DUNNO  # bounces come from anyone, the null sender included
+    sender = request.get("sender", "")
+    if not sender:
+        return f"550 5.7.1 <{recipient}>: a list does not take mail from the null sender"
+    tls = tls_refusal(request, cfg)
+    if tls:
+        return tls
+    try:
+        author = normalize_address(sender)
+    except ValueError:
+        return f"550 5.7.1 <{sender}> may not post to {lst['name']}"
+    member = db.execute(FIND_MEMBER, (author,)).fetchone()
+    refusal = poster_refusal(author, cfg.domain, lst, member, bool(member) and in_list(db, lst["id"], member["id"]))
+    if refusal:
+        return refusal
+    limit = daily_limit(lst, cfg.limits.posts_per_day)
+    if posts_today(db, member["id"], lst["id"], date.fromtimestamp(now).isoformat()) >= limit:
+        return limit_refusal(lst["name"], limit)
+    return DUNNO
+
+
+def tls_refusal(request: dict[str, str], cfg: Config) -> str:
+    """The TLS rules for a post, from the encryption_* and ccert_* attributes."""
+    policy = cfg.policy
+    if policy.require_tls and not request.get("encryption_protocol"):
+        return "450 4.7.0 posts to this list must be sent over TLS"
+    if policy.trusted_clients:
+        presented = {
+            request.get("ccert_fingerprint", "").lower(),
+            request.get("ccert_pubkey_fingerprint", "").lower(),
+            request.get("ccert_subject", "").lower(),
+        } - {""}
+        if not presented & {t.lower() for t in policy.trusted_clients}:
+            return "450 4.7.1 posts must come with a trusted client certificate"
+    return ""
+
+
+def parse_request(lines: list[bytes]) -> dict[str, str] | None:
+    """The attributes of one request, or None if a line is not ``name=value``."""
+    attrs: dict[str, str] = {}
+    for raw in lines:
+        name, eq, value = raw.decode("utf-8", "surrogateescape").partition("=")
+        if not eq or not name or not name.replace("_", "").isalnum():
+            return None
+        attrs[name] = value
+    return attrs
+
+
+class PolicyServer:
+    """Serves policy requests on its own socket, from the same database as ingest."""
+
+    def __init__(self, cfg: Config, reader: sqlite3.Connection, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.reader = reader
+        self.clock = clock
+        self.requests = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One Postfix connection: requests until it hangs up."""
+        try:
+            while True:
+                lines: list[bytes] = []
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        return  # connection closed (mid-request or between requests)
+                    if not line.endswith(b"\n"):
+                        return  # EOF inside a line
+                    line = line.rstrip(b"\r\n")
+                    if not line:
+                        break
+                    if len(lines) < MAX_ATTRIBUTES:
+                        lines.append(line)
+                writer.write(f"action={self.answer(lines)}\n\n".encode())
+                await writer.drain()
+        except (ValueError, asyncio.LimitOverrunError):
+            log.warning("policy client sent a line over %d bytes; closing", MAX_LINE)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def answer(self, lines: list[bytes]) -> str:
+        self.requests += 1
+        request = parse_request(lines)
+        if request is None:
+            log.warning("malformed policy request: %r", lines[:5])
+            return DUNNO
+        try:
+            action = decide(request, self.reader, self.cfg, self.clock())
+        except Exception:
+            log.exception("policy decision failed for %r", request.get("recipient"))
+            return TEMPFAIL
+        if action != DUNNO:
+            log.info(
+                "policy: %s: from=<%s> to=<%s> client=%s[%s]: %s",
+                request.get("queue_id") or "NOQUEUE", request.get("sender", ""), request.get("recipient", ""),
+                request.get("client_name", ""), request.get("client_address", ""), action,
+            )  # fmt: skip
+        return action

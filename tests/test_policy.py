@@ -1,0 +1,195 @@
+"""The Postfix policy service: protocol and decisions, on a real socket and database."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from lmtpd.config import Config, load
+from lmtpd.daemon import Service
+
+from .conftest import Clock, Sink, populate, write_config
+
+
+def request(**attrs: str) -> bytes:
+    base = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "protocol_name": "ESMTP",
+        "client_address": "192.0.2.10",
+        "client_name": "mail.example.net",
+        "helo_name": "mail.example.net",
+        "queue_id": "",
+        "instance": "123.456.7",
+        "size": "1234",
+        "encryption_protocol": "",
+    }
+    base.update(attrs)
+    return "".join(f"{k}={v}\n" for k, v in base.items()).encode() + b"\n"
+
+
+async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> str:
+    writer.write(data)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+    assert answer.startswith(b"action=")
+    return answer[len(b"action=") : -2].decode()
+
+
+async def policy_service(folder: Path, sink: Sink, clock: Clock, policy: str = "") -> tuple[Config, Service]:
+    socket_path = folder / "policy.sock"
+    config = write_config(
+        folder, f"unix:{folder}/lmtpd.sock", sink.port, extra=f'[policy]\nlisten = "unix:{socket_path}"\n{policy}'
+    )
+    cfg = load(config)
+    await populate(cfg)
+    svc = Service(cfg, clock)
+    await svc.start()
+    return cfg, svc
+
+
+@pytest.fixture
+async def policy(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[tuple[Config, Service]]:
+    cfg, svc = await policy_service(short_dir, sink, clock)
+    yield cfg, svc
+    await svc.stop()
+
+
+async def connect(cfg: Config):
+    assert cfg.policy.listen is not None
+    return await asyncio.open_unix_connection(str(cfg.policy.listen.path))
+
+
+async def test_decisions_several_requests_on_one_connection(policy):
+    cfg, svc = policy
+    r, w = await connect(cfg)
+    cases = [
+        ("anna@example.net", "youth@myclub.org", "DUNNO"),
+        ("ANNA@Example.NET", "Youth@MyClub.org", "DUNNO"),
+        ("stranger@example.org", "youth@myclub.org", "550 5.7.1 <stranger@example.org> is not a member"),
+        ("bob@example.net", "trainers@myclub.org", "550 5.7.1 only members of trainers may post"),
+        ("anna@example.net", "chess@myclub.org", "550 5.1.1 <chess@myclub.org>: no such list"),
+        ("", "youth@myclub.org", "550 5.7.1 <youth@myclub.org>: a list does not take mail from the null sender"),
+        ("", "youth-bounces@myclub.org", "DUNNO"),
+        ("", "youth-bounces+bob=example.net@myclub.org", "DUNNO"),
+        ("mailer-daemon@example.org", "chess-bounces@myclub.org", "550 5.1.1"),
+        ("anna@example.net", "youth-request@myclub.org", "550 5.1.1"),
+        ("stranger@example.org", "someone@example.com", "DUNNO"),
+    ]
+    for sender, recipient, expected in cases:
+        action = await ask(r, w, request(sender=sender, recipient=recipient))
+        assert action.startswith(expected), (sender, recipient, action)
+    assert svc.policy.requests == len(cases)
+    # other protocol states are not ours to judge
+    assert (
+        await ask(r, w, request(protocol_state="DATA", sender="x@example.org", recipient="youth@myclub.org")) == "DUNNO"
+    )
+    w.close()
+
+
+async def test_member_at_the_daily_limit_is_refused_at_rcpt(policy, clock: Clock):
+    cfg, svc = policy
+    db = sqlite3.connect(cfg.database)
+    day = time.strftime("%Y-%m-%d", time.localtime(clock.now))
+    db.execute(
+        "INSERT INTO quota_use SELECT m.id, l.id, ?, 5 FROM members m, lists l "
+        "WHERE m.address = 'anna@example.net' AND l.name = 'youth'",
+        (day,),
+    )
+    db.commit()
+    db.close()
+    r, w = await connect(cfg)
+    action = await ask(r, w, request(sender="anna@example.net", recipient="youth@myclub.org"))
+    assert action == "550 5.7.1 daily limit reached: 5 posts per day to youth"
+    assert await ask(r, w, request(sender="anna@example.net", recipient="trainers@myclub.org")) == "DUNNO"
+    clock.advance(86400)
+    assert await ask(r, w, request(sender="anna@example.net", recipient="youth@myclub.org")) == "DUNNO"
+    w.close()
+
+
+async def test_malformed_requests_get_dunno_and_the_connection_survives(policy):
+    cfg, _ = policy
+    r, w = await connect(cfg)
+    assert await ask(r, w, b"this is not a policy request\nnor=this\n\n") == "DUNNO"
+    assert await ask(r, w, b"=novalue\n\n") == "DUNNO"
+    assert await ask(r, w, b"request=something_else\nrecipient=youth@myclub.org\n\n") == "DUNNO"
+    action = await ask(r, w, request(sender="stranger@example.org", recipient="youth@myclub.org"))
+    assert action.startswith("550 5.7.1")
+    w.close()
+
+
+async def test_a_request_split_across_reads(policy):
+    cfg, _ = policy
+    r, w = await connect(cfg)
+    data = request(sender="stranger@example.org", recipient="youth@myclub.org") * 2
+    for i in range(0, len(data), 7):
+        w.write(data[i : i + 7])
+        await w.drain()
+        await asyncio.sleep(0.001)
+    first = await asyncio.wait_for(r.readuntil(b"\n\n"), 5)
+    second = await asyncio.wait_for(r.readuntil(b"\n\n"), 5)
+    assert first == second and first.startswith(b"action=550 5.7.1")
+    w.close()
+
+
+async def test_five_hundred_concurrent_connections(policy):
+    cfg, _ = policy
+
+    async def one(i: int) -> str:
+        r, w = await connect(cfg)
+        sender = "anna@example.net" if i % 2 else f"x{i}@example.org"
+        action = await ask(r, w, request(sender=sender, recipient="youth@myclub.org"))
+        w.close()
+        return action
+
+    actions = await asyncio.gather(*(one(i) for i in range(500)))
+    assert actions.count("DUNNO") == 250
+    assert sum(a.startswith("550 5.7.1") for a in actions) == 250
+
+
+async def test_internal_error_answers_451(policy):
+    cfg, svc = policy
+    r, w = await connect(cfg)
+    svc.policy.reader = sqlite3.connect(":memory:")  # no tables: every query fails
+    assert await ask(r, w, request(sender="anna@example.net", recipient="youth@myclub.org")) == (
+        "451 4.3.0 Temporary failure, please try again later"
+    )
+    w.close()
+
+
+async def test_an_overlong_line_closes_only_that_connection(policy):
+    cfg, _ = policy
+    r, w = await connect(cfg)
+    w.write(b"recipient=" + b"x" * 100_000 + b"\n\n")
+    await w.drain()
+    assert await asyncio.wait_for(r.read(), 5) == b""
+    r2, w2 = await connect(cfg)
+    assert await ask(r2, w2, request(sender="anna@example.net", recipient="youth@myclub.org")) == "DUNNO"
+    w2.close()
+
+
+async def test_tls_rules(short_dir: Path, sink: Sink, clock: Clock):
+    cfg, svc = await policy_service(
+        short_dir, sink, clock, 'require_tls = true\ntrusted_clients = ["AB:CD:EF", "CN=gateway.myclub.org"]'
+    )
+    try:
+        r, w = await connect(cfg)
+        plain = request(sender="anna@example.net", recipient="youth@myclub.org")
+        assert await ask(r, w, plain) == "450 4.7.0 posts to this list must be sent over TLS"
+        untrusted = request(sender="anna@example.net", recipient="youth@myclub.org", encryption_protocol="TLSv1.3")
+        assert (await ask(r, w, untrusted)).startswith("450 4.7.1")
+        for attrs in ({"ccert_fingerprint": "ab:cd:ef"}, {"ccert_subject": "CN=gateway.myclub.org"}):
+            ok = request(sender="anna@example.net", recipient="youth@myclub.org", encryption_protocol="TLSv1.3",
+                         **attrs)  # fmt: skip
+            assert await ask(r, w, ok) == "DUNNO"
+        # bounces are not posts: no TLS rules for them
+        assert await ask(r, w, request(sender="", recipient="youth-bounces@myclub.org")) == "DUNNO"
+        w.close()
+    finally:
+        await svc.stop()
+    assert not cfg.policy.listen.path.exists()
