@@ -18,9 +18,12 @@ setup(
         "aiosmtplib>=3.0",
         "dnspython>=2.6",
         "click>=8.1",
+        "dkimpy>=1.1",  # DKIM verification (and later signing)
+        "pyspf>=2.0.14",  # SPF evaluation
+        "publicsuffixlist>=1.0",  # organizational domains for alignment, list shipped in the package
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-asyncio>=0.24", "trustme>=1.1", "flufl.bounce>=4.0", "ruff"],
+        "test": ["pytest>=8", "pytest-asyncio>=0.24", "trustme>=1.1", "cryptography", "flufl.bounce>=4.0", "ruff"],
     },
     entry_points={"console_scripts": ["lmtpd = lmtpd.cli:run"]},
     classifiers=[

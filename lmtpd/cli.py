@@ -177,11 +177,15 @@ def lists_group() -> None:
     help="Daily limit per member for this list (default: [limits] posts_per_day).",
 )
 @pass_state
-def lists_add(state: State, name: str, description: str, posters: str, posts_per_day: int | None) -> None:
+def lists_add(
+    state: State, name: str, description: str, posters: str, auth_require: str | None, posts_per_day: int | None
+) -> None:
     """Create list NAME (its address is NAME@domain)."""
     now = time.time()
     state.run(
-        lambda db: transaction(db, lambda db: roster.add_list(db, name, description, posters, posts_per_day, now))
+        lambda db: transaction(
+            db, lambda db: roster.add_list(db, name, description, posters, posts_per_day, now, auth_require)
+        )
     )
     click.echo(f"list {name.lower()}@{state.config.domain} created")
 
@@ -347,6 +351,7 @@ def queue_show(state: State, queue_id: str, as_json: bool) -> None:
     click.echo(f"from:       <{info['mail_from']}> (author {info['author']})")
     click.echo(f"lists:      {', '.join(info['lists']) or '-'}")
     click.echo(f"size:       {info['size']} bytes")
+    click.echo(f"auth:       {info['auth'] or '-'}")
     click.echo("copies:")
     for d in info["deliveries"]:
         extra = f" next={d['next_attempt']}" if d["next_attempt"] else ""

@@ -57,7 +57,6 @@ class RelayConfig:
     connections_per_destination: int = 4
     timeout: float = 60.0
     batch: int = 200
-    nameservers: tuple[str, ...] = ()  # MX mode: ask these instead of the system's resolvers
     tls_ca_file: Path | None = None  # more trust anchors for certificate checks
 
 
@@ -78,6 +77,18 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()  # ask these ("IP" or "IP:PORT") instead of the system's
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    require: str = "dkim-or-spf"  # default for lists that do not say: or "dmarc", "none"
+    authserv_id: str = ""  # trust Authentication-Results with this id (OpenDKIM, rspamd...)
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     posts_per_day: int = 20
 
@@ -93,6 +104,8 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     source: Path | None = None
 
 
@@ -138,6 +151,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     relay = top.section("relay")
     queue = top.section("queue")
     policy = top.section("policy")
+    dns_section = top.section("dns")
+    auth = top.section("auth")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -166,7 +181,6 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         ),
         timeout=relay.number("timeout", RelayConfig.timeout, low=1),
         batch=relay.integer("batch", RelayConfig.batch, low=1, high=10000),
-        nameservers=tuple(relay.strings("nameservers")),
         tls_ca_file=(Path(ca_file) if Path(ca_file).is_absolute() else base / ca_file) if ca_file else None,
     )
     if bool(relay_cfg.username) != bool(relay_cfg.password):
@@ -192,6 +206,16 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         trusted_clients=tuple(policy.strings("trusted_clients")),
     )
     policy.done()
+    dns_cfg = DnsConfig(
+        nameservers=tuple(dns_section.strings("nameservers")),
+        timeout=dns_section.number("timeout", DnsConfig.timeout, low=1),
+    )
+    dns_section.done()
+    auth_cfg = AuthConfig(
+        require=auth.choice("require", AuthConfig.require, ("dkim-or-spf", "dmarc", "none")),
+        authserv_id=auth.string("authserv_id", ""),
+    )
+    auth.done()
     return Config(
         domain=domain,
         database=database,
@@ -202,6 +226,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         queue=queue_cfg,
         limits=limits_cfg,
         policy=policy_cfg,
+        dns=dns_cfg,
+        auth=auth_cfg,
         source=source,
     )
 
@@ -260,6 +286,12 @@ class _Section:
         value = self._get(key, default)
         if not isinstance(value, str):
             raise ConfigError(f"{self.name(key)}: expected a string, got {value!r}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            raise ConfigError(f"{self.name(key)}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
         return value
 
     def strings(self, key: str) -> list[str]:

@@ -19,10 +19,14 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import dns.resolver
+
+from . import auth
 from .config import Config, Listen
 from .delivery import Worker
 from .ingest import IngestHandler, LMTPServer
 from .policy import MAX_LINE, PolicyServer
+from .routes import make_resolver
 from .store import StoreError, Writer, connect_sync, open_database
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,10 @@ class Service:
         self.writer = Writer(cfg.database)
         await self.writer.start()
         self.worker = Worker(cfg, self.writer, self.reader, self.clock)
-        self.handler = IngestHandler(cfg, self.writer, self.reader, self.clock, self.worker.wake)
+        checker = auth.Checker(
+            make_resolver(cfg.dns.nameservers, cfg.dns.timeout, dns.resolver.Resolver), cfg.dns.timeout
+        )
+        self.handler = IngestHandler(cfg, self.writer, self.reader, self.clock, self.worker.wake, checker)
         loop = asyncio.get_running_loop()
 
         def factory() -> LMTPServer:

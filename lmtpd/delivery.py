@@ -54,7 +54,7 @@ class Worker:
         self.owner = queue.lease_owner()
         relay = cfg.relay
         self.smarthost = relay.mode == "smarthost"
-        self.resolver = resolver or (None if self.smarthost else make_resolver(relay.nameservers, relay.timeout))
+        self.resolver = resolver or (None if self.smarthost else make_resolver(cfg.dns.nameservers, cfg.dns.timeout))
         self.contexts = tls_contexts(str(relay.tls_ca_file) if relay.tls_ca_file else None)
         self.slots = asyncio.Semaphore(relay.connections)
         self.idle: dict[str, list[Session]] = {}  # destination -> sessions kept open

@@ -13,13 +13,13 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session, syntax
 
-from . import queue
+from . import auth, queue
 from .config import Config
 from .lists import (
     BOUNCES,
@@ -53,6 +53,8 @@ class Post:
     raw: bytes
     headers: HeaderInfo
     arrived_at: float
+    auth: str = ""  # what sender authentication found
+    auth_refusals: dict[str, str] = field(default_factory=dict)  # list name -> refusal
 
 
 def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], int]:
@@ -92,6 +94,9 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
             log.warning("%s: loop: message to %s is that list's own copy; discarded", post.queue_id, address)
             replies.append(f"250 2.0.0 <{address}> {post.queue_id} discarded: the list's own copy (loop)")
             continue
+        if lst["name"] in post.auth_refusals:
+            replies.append(post.auth_refusals[lst["name"]])
+            continue
         db.execute("SAVEPOINT rcpt")
         stored_message = message_id is None
         try:
@@ -125,8 +130,8 @@ def _store_bounce(db: sqlite3.Connection, post: Post, address: str, list_name: s
 def _store_message(db: sqlite3.Connection, post: Post, author: str) -> int:
     cur = db.execute(
         """
-        INSERT INTO messages (queue_id, mail_from, author, message_id, subject, size, raw, arrived_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        INSERT INTO messages (queue_id, mail_from, author, message_id, subject, size, raw, arrived_at, auth)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
         """,
         (
             post.queue_id,
@@ -137,6 +142,7 @@ def _store_message(db: sqlite3.Connection, post: Post, author: str) -> int:
             len(post.raw),
             post.raw,
             post.arrived_at,
+            post.auth,
         ),
     )
     assert cur.lastrowid is not None
@@ -210,8 +216,10 @@ class IngestHandler:
         reader: sqlite3.Connection,
         clock: Callable[[], float] = time.time,
         on_accepted: Callable[[], None] | None = None,
+        checker: auth.Checker | None = None,
     ):
         self.cfg = cfg
+        self.checker = checker
         self.writer = writer
         self.reader = reader
         self.clock = clock
@@ -251,7 +259,8 @@ class IngestHandler:
         """The per-recipient replies for one message; 250s only after the commit."""
         headers = read_headers(raw)
         queue_id = queue.new_queue_id()
-        post = Post(queue_id, mail_from, rcpts, raw, headers, self.clock())
+        raw, summary, refusals = await self.authenticate(raw, mail_from, rcpts, headers)
+        post = Post(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals)
         replies, copies = await self.writer.submit(lambda db: accept(db, post, self.cfg))
         for rcpt, reply in zip(rcpts, replies, strict=False):
             log.info(
@@ -267,6 +276,40 @@ class IngestHandler:
         if copies and self.on_accepted:
             self.on_accepted()
         return replies
+
+    async def authenticate(
+        self, raw: bytes, mail_from: str, rcpts: list[str], headers: HeaderInfo
+    ) -> tuple[bytes, str, dict[str, str]]:
+        """(the message without forged Authentication-Results, what the checks found,
+        the refusal for each list whose requirement the post does not meet)."""
+        raw, trusted = auth.trusted_results(raw, self.cfg.auth.authserv_id)
+        if headers.author is None:
+            return raw, "", {}
+        modes: dict[str, str] = {}
+        for address in rcpts:
+            rcpt, _ = parse_recipient(address, self.cfg.domain)
+            if rcpt and rcpt.kind == POST:
+                lst = self.reader.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
+                if lst is not None:
+                    modes[lst["name"]] = lst["auth_require"] or self.cfg.auth.require
+        if all(mode == "none" for mode in modes.values()):
+            return raw, "", {}
+        if trusted:
+            result = auth.from_results(trusted, self.cfg.auth.authserv_id)
+        elif self.checker is not None:
+            result = await self.checker.authenticate(raw, mail_from)
+        else:
+            result = auth.Result(auth.TEMPERROR, source="unchecked")
+        domain = headers.author.rpartition("@")[2]
+        enforced: bool | None = True
+        if "dmarc" in modes.values() and not result.aligned_pass(domain) and self.checker is not None:
+            enforced = await asyncio.to_thread(self.checker.dmarc_enforced, domain)
+        refusals = {}
+        for name, mode in modes.items():
+            reason = auth.refusal(result, mode, headers.author, name, enforced)
+            if reason:
+                refusals[name] = reason
+        return raw, result.summary(), refusals
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("LMTP session error: %r", error)

@@ -80,6 +80,7 @@ async def show(db: aiosqlite.Connection, queue_id: str) -> dict:
         "message_id": msg["message_id"],
         "subject": msg["subject"],
         "size": msg["size"],
+        "auth": msg["auth"],
         "lists": [p["list_name"] for p in posts],
         "kind": posts[0]["kind"] if posts else "list",
         "senders": sorted({p["sender"] for p in posts}),

@@ -45,14 +45,21 @@ def check_address(address: str) -> str:
 
 
 async def add_list(
-    db: aiosqlite.Connection, name: str, description: str, posters: str, posts_per_day: int | None, now: float
+    db: aiosqlite.Connection,
+    name: str,
+    description: str,
+    posters: str,
+    posts_per_day: int | None,
+    now: float,
+    auth_require: str | None = None,
 ) -> None:
     name = check_list_name(name)
     if await find_list(db, name):
         raise RosterError(f"list {name} exists already")
     await db.execute(
-        "INSERT INTO lists (name, description, posters, posts_per_day, created_at) VALUES (?, ?, ?, ?, ?)",
-        (name, description, posters, posts_per_day, now),
+        "INSERT INTO lists (name, description, posters, posts_per_day, created_at, auth_require) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (name, description, posters, posts_per_day, now, auth_require),
     )
 
 
@@ -66,7 +73,7 @@ async def all_lists(db: aiosqlite.Connection) -> list[dict]:
     rows = await fetchall(
         db,
         """
-        SELECT l.name, l.description, l.posters, l.posts_per_day,
+        SELECT l.name, l.description, l.posters, l.posts_per_day, l.auth_require,
                (SELECT count(*) FROM memberships ms JOIN members m ON m.id = ms.member_id
                  WHERE ms.list_id = l.id AND m.active = 1) AS members
           FROM lists l ORDER BY l.name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -17,6 +18,8 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+
+R = TypeVar("R", bound=dns.resolver.BaseResolver)
 
 MAX_MX_HOSTS = 5  # hosts tried within one attempt, as Postfix's smtp_mx_address_limit
 
@@ -38,12 +41,14 @@ class RouteError(Exception):
         self.permanent = permanent
 
 
-def make_resolver(nameservers: tuple[str, ...] = (), timeout: float = 10.0) -> dns.asyncresolver.Resolver:
+def make_resolver(
+    nameservers: tuple[str, ...] = (), timeout: float = 10.0, kind: type[R] = dns.asyncresolver.Resolver
+) -> R:
     """The system resolver, or one that asks only ``nameservers`` (``IP`` or ``IP:PORT``)."""
     if not nameservers:
-        resolver = dns.asyncresolver.Resolver()
+        resolver = kind()
     else:
-        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver = kind(configure=False)
         resolver.nameservers = [dns.nameserver.Do53Nameserver(*split_hostport(e, 53)) for e in nameservers]
     resolver.lifetime = timeout
     resolver.cache = dns.resolver.Cache()

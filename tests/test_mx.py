@@ -73,7 +73,8 @@ class Net:
             self.folder,
             "127.0.0.1:8024",
             relay_port=self.port,
-            relay_extra=f'mode = "mx"\nnameservers = ["127.0.0.1:{dns_port}"]\n{relay_extra}',
+            relay_extra=f'mode = "mx"\n{relay_extra}',
+            extra=f'[dns]\nnameservers = ["127.0.0.1:{dns_port}"]\n',
             queue_extra=queue_extra,
         )
         self.cfg = load(config)

@@ -1,0 +1,261 @@
+"""Sender authentication: is the member named in From really the one who sent the post?
+
+A post passes when a DKIM signature whose domain is aligned with the From domain
+verifies, or SPF passes for the client that handed the message to our Postfix with
+an aligned envelope sender. Alignment is relaxed (RFC 7489): the same organizational
+domain, from the Public Suffix List that the publicsuffixlist package ships.
+
+Sites that run OpenDKIM/OpenDMARC or rspamd in Postfix can let lmtpd trust their
+``Authentication-Results`` (only those with the configured authserv-id, and only
+above the first foreign Received header); any other header claiming that id is a
+forgery and is removed. Otherwise lmtpd verifies DKIM itself (dkimpy) and checks
+SPF (pyspf) for the client address our Postfix recorded in its Received header.
+
+Per list, ``require`` is ``dkim-or-spf`` (an aligned pass, always), ``dmarc`` (an
+aligned pass when the author's domain publishes p=quarantine or p=reject), or
+``none``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import dkim
+import dns.exception
+import dns.resolver
+import spf
+from publicsuffixlist import PublicSuffixList
+
+from .lists import field_name, header_fields, split_message
+
+log = logging.getLogger(__name__)
+
+MODES = ("dkim-or-spf", "dmarc", "none")
+PASS, FAIL, NONE, TEMPERROR = "pass", "fail", "none", "temperror"
+
+
+@lru_cache(maxsize=1)
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def org_domain(domain: str) -> str:
+    """The organizational domain: ``mail.example.co.uk`` -> ``example.co.uk``."""
+    domain = domain.lower().rstrip(".")
+    return _psl().privatesuffix(domain) or domain
+
+
+def aligned(domain: str, from_domain: str) -> bool:
+    return bool(domain) and org_domain(domain) == org_domain(from_domain)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the checks found, recorded with the message."""
+
+    dkim: str = NONE
+    dkim_domain: str = ""
+    spf: str = NONE
+    spf_domain: str = ""
+    source: str = "verified"  # or the trusted authserv-id
+
+    def aligned_pass(self, from_domain: str) -> bool:
+        return (self.dkim == PASS and aligned(self.dkim_domain, from_domain)) or (
+            self.spf == PASS and aligned(self.spf_domain, from_domain)
+        )
+
+    @property
+    def temporary(self) -> bool:
+        return TEMPERROR in (self.dkim, self.spf)
+
+    def summary(self) -> str:
+        dkim_d = f" header.d={self.dkim_domain}" if self.dkim_domain else ""
+        spf_d = f" smtp.mailfrom={self.spf_domain}" if self.spf_domain else ""
+        return f"dkim={self.dkim}{dkim_d}; spf={self.spf}{spf_d}; by={self.source}"
+
+
+# ------------------------------------------------------------ header reading
+
+
+_RECEIVED_FROM = re.compile(r"^\s*from\s+(\S+)\s+\(([^)]*?)\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]\)", re.S)
+
+
+def received_client(raw: bytes) -> tuple[str, str] | None:
+    """(client address, HELO name) from the topmost Received header: our Postfix's."""
+    block, _ = split_message(raw)
+    for f in header_fields(block):
+        if field_name(f) == "received":
+            m = _RECEIVED_FROM.match(f.split(b":", 1)[1].decode("utf-8", "replace"))
+            return (m.group(3), m.group(1)) if m else None
+    return None
+
+
+def _authserv_id(value: str) -> str:
+    return value.strip().split(";", 1)[0].split()[0].lower() if value.strip() else ""
+
+
+def trusted_results(raw: bytes, authserv_id: str) -> tuple[bytes, list[str]]:
+    """(the message without forged Authentication-Results, the trusted ones' values).
+
+    Ours are the ones with our authserv-id above the second Received header: added by
+    our own MX or its milters. The same id further down came with the message.
+    """
+    if not authserv_id:
+        return raw, []
+    block, rest = split_message(raw)
+    kept, trusted = [], []
+    received = 0
+    for f in header_fields(block):
+        name = field_name(f)
+        if name == "received":
+            received += 1
+        if name == "authentication-results":
+            value = f.split(b":", 1)[1].decode("utf-8", "replace")
+            if _authserv_id(value) == authserv_id.lower():
+                if received <= 1:
+                    trusted.append(" ".join(value.split()))
+                else:
+                    log.info("removed a forged Authentication-Results claiming %s", authserv_id)
+                    continue
+        kept.append(f)
+    return b"".join(kept) + rest, trusted
+
+
+def from_results(values: list[str], authserv_id: str) -> Result:
+    """Read dkim= and spf= verdicts from trusted Authentication-Results values."""
+    dkim_result, dkim_domain, spf_result, spf_domain = NONE, "", NONE, ""
+    for value in values:
+        for clause in value.split(";")[1:]:
+            clause = clause.strip()
+            m = re.match(r"(dkim|spf)\s*=\s*(\w+)(.*)", clause, re.S)
+            if not m:
+                continue
+            method, verdict, props = m.group(1), m.group(2).lower(), m.group(3)
+            if method == "dkim" and dkim_result != PASS:
+                d = re.search(r"header\.d\s*=\s*([^\s;]+)", props)
+                dkim_result, dkim_domain = verdict, d.group(1).lower() if d else ""
+            elif method == "spf" and spf_result != PASS:
+                d = re.search(r"smtp\.mailfrom\s*=\s*([^\s;]+)", props)
+                spf_domain = d.group(1).rpartition("@")[2].lower() if d else ""
+                spf_result = verdict
+    return Result(dkim_result, dkim_domain, spf_result, spf_domain, source=authserv_id)
+
+
+# ------------------------------------------------------------------- checks
+
+
+class Checker:
+    """Runs the checks; DNS through the given resolver (or the system's)."""
+
+    def __init__(self, resolver: dns.resolver.Resolver, timeout: float = 10.0):
+        self.resolver = resolver
+        self.timeout = timeout
+        # pyspf asks DNS through one module-level hook; point it at our resolver so SPF
+        # sees the same DNS as everything else ([dns] nameservers, in tests a local server)
+        spf.DNSLookup = self._spf_lookup
+
+    def _spf_lookup(self, name: str, qtype: str, strict: bool = True, timeout: float = 30) -> list:
+        """pyspf's DNSLookup contract: [((name, type), value), ...]; TempError on failure."""
+        found: list = []
+        try:
+            answer = self.resolver.resolve(name, qtype, lifetime=min(timeout, self.timeout), search=False)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            return found
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            raise spf.TempError(f"DNS {exc}") from None
+        for r in answer:
+            if qtype in ("A", "AAAA"):
+                found.append(((name, qtype), r.address))
+            elif qtype == "MX":
+                found.append(((name, qtype), (r.preference, r.exchange)))
+            elif qtype == "PTR":
+                found.append(((name, qtype), r.target.to_text(True)))
+            elif qtype in ("TXT", "SPF"):
+                found.append(((name, qtype), r.strings))
+        return found
+
+    def _txt(self, name: bytes | str, timeout: float = 5) -> bytes | None:
+        """dkimpy's DNS hook: the TXT record at ``name``, joined."""
+        qname = name.decode() if isinstance(name, bytes) else name
+        try:
+            answer = self.resolver.resolve(qname.rstrip("."), "TXT", lifetime=min(timeout, self.timeout))
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+        return b"".join(b"".join(r.strings) for r in answer)
+
+    def _dkim(self, raw: bytes) -> tuple[str, str]:
+        """(best verdict, its domain) over all signatures, aligned ones first."""
+        d = dkim.DKIM(raw, minkey=1024, timeout=int(self.timeout))
+        found: list[tuple[str, str]] = []
+        block, _ = split_message(raw)
+        count = sum(1 for f in header_fields(block) if field_name(f) == "dkim-signature")
+        for idx in range(count):
+            try:
+                ok = d.verify(idx=idx, dnsfunc=self._txt)
+                domain = (d.domain or b"").decode("ascii", "replace").lower()
+                found.append((PASS if ok else FAIL, domain))
+            except (dns.exception.Timeout, dns.resolver.NoNameservers):
+                found.append((TEMPERROR, ""))
+            except dkim.DKIMException as exc:
+                log.info("DKIM signature %d unusable: %s", idx, exc)
+                found.append((FAIL, ""))
+        if not found:
+            return NONE, ""
+        for verdict in (PASS, TEMPERROR, FAIL):
+            for v, domain in found:
+                if v == verdict:
+                    return v, domain
+        return found[0]
+
+    def _spf(self, client: tuple[str, str] | None, mail_from: str) -> tuple[str, str]:
+        if client is None or not mail_from:
+            return NONE, ""
+        ip, helo = client
+        domain = mail_from.rpartition("@")[2].lower()
+        verdict, _ = spf.check2(i=ip, s=mail_from, h=helo, timeout=int(self.timeout))
+        verdict = {"pass": PASS, "temperror": TEMPERROR}.get(verdict, verdict)
+        return verdict, domain
+
+    def check(self, raw: bytes, mail_from: str) -> Result:
+        """Blocking (DNS, RSA): run it in a thread."""
+        dkim_result, dkim_domain = self._dkim(raw)
+        spf_result, spf_domain = NONE, ""
+        if dkim_result != PASS:
+            spf_result, spf_domain = self._spf(received_client(raw), mail_from)
+        return Result(dkim_result, dkim_domain, spf_result, spf_domain)
+
+    def dmarc_enforced(self, from_domain: str) -> bool | None:
+        """Does the author's domain ask receivers to act on failures? None: lookup failed."""
+        for name in dict.fromkeys((from_domain, org_domain(from_domain))):
+            try:
+                record = self._txt(f"_dmarc.{name}")
+            except (dns.exception.Timeout, dns.resolver.NoNameservers):
+                return None
+            if record and record.startswith(b"v=DMARC1"):
+                tags = dict(t.strip().split("=", 1) for t in record.decode("ascii", "replace").split(";") if "=" in t)
+                policy = tags.get("sp" if name != from_domain and "sp" in tags else "p", "none").strip().lower()
+                return policy in ("quarantine", "reject")
+        return False
+
+    async def authenticate(self, raw: bytes, mail_from: str) -> Result:
+        return await asyncio.to_thread(self.check, raw, mail_from)
+
+
+def refusal(result: Result, mode: str, author: str, list_name: str, enforced: bool | None) -> str:
+    """Empty if the post may go to a list that requires ``mode``; else the reply."""
+    domain = author.rpartition("@")[2]
+    if mode == "none" or result.aligned_pass(domain):
+        return ""
+    if mode == "dmarc" and enforced is False:
+        return ""
+    if result.temporary or (mode == "dmarc" and enforced is None):
+        return f"451 4.7.5 could not check the sender of this post now ({result.summary()})"
+    why = "no DKIM signature of it verified" if result.dkim != FAIL else "its DKIM signature did not verify"
+    return (
+        f"550 5.7.1 <{author}> is not proven: {why} and SPF did not pass for {domain} "
+        f"({list_name} requires {mode}; {result.summary()})"
+    )
