@@ -171,6 +171,13 @@ def lists_group() -> None:
     help="Who may post: any active club member, or only this list's members.",
 )
 @click.option(
+    "--auth",
+    "auth_require",
+    type=click.Choice(["dkim-or-spf", "dmarc", "none"]),
+    default=None,
+    help="Sender authentication a post needs (default: [auth] require).",
+)
+@click.option(
     "--posts-per-day",
     type=click.IntRange(min=0),
     default=None,
