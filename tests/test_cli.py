@@ -116,7 +116,10 @@ def test_lists_and_members(cfg_path: Path):
     assert listed == [{"address": "Anna@example.net", "name": "Anna", "active": True, "lists": ["trainers", "youth"]}]
     lists = {r["name"]: r for r in json.loads(run(cfg_path, "lists", "list", "--json").output)}
     assert lists["trainers"]["posters"] == "list" and lists["trainers"]["posts_per_day"] == 2
-    assert lists["youth"]["members"] == 1
+    assert lists["youth"]["members"] == 1 and lists["youth"]["auth_require"] is None
+    assert run(cfg_path, "lists", "add", "social", "--auth", "dmarc").exit_code == 0
+    social = [r for r in json.loads(run(cfg_path, "lists", "list", "--json").output) if r["name"] == "social"]
+    assert social[0]["auth_require"] == "dmarc"
     assert run(cfg_path, "members", "remove", "anna@example.net", "--list", "youth").exit_code == 0
     assert json.loads(run(cfg_path, "members", "list", "--list", "youth", "--json").output) == []
     assert run(cfg_path, "lists", "remove", "trainers").exit_code == 0
