@@ -72,7 +72,7 @@ async def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmpolicy", dir="/tmp"))
     config = write_club_config(work, 1, lmtp="", relay="deliver = false", limits="posts_per_day = 1000")
-    text = config.read_text().replace("[lmtp]", f'[policy]\nlisten = "unix:{work}/policy.sock"\n\n[lmtp]')
+    text = config.read_text().replace("[lmtp]", f'[policy]\nlisten = "unix:{work}/policy.sock"\n\n[lmtp]', 1)
     config.write_text(text)
     await make_club(config)
     proc = start_serve(config, work / "serve.log")
