@@ -89,6 +89,13 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class BouncesConfig:
+    threshold: int = 5  # points (at most one a day) before a member's delivery is disabled
+    stale_after_days: int = 7  # a score resets after this many days without a bounce
+    verp: bool = True  # encode each copy's recipient in its envelope sender
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     posts_per_day: int = 20
 
@@ -106,6 +113,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
     source: Path | None = None
 
 
@@ -153,6 +161,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     policy = top.section("policy")
     dns_section = top.section("dns")
     auth = top.section("auth")
+    bounces = top.section("bounces")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -216,6 +225,12 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         authserv_id=auth.string("authserv_id", ""),
     )
     auth.done()
+    bounces_cfg = BouncesConfig(
+        threshold=bounces.integer("threshold", BouncesConfig.threshold, low=1),
+        stale_after_days=bounces.integer("stale_after_days", BouncesConfig.stale_after_days, low=1),
+        verp=bounces.boolean("verp", BouncesConfig.verp),
+    )
+    bounces.done()
     return Config(
         domain=domain,
         database=database,
@@ -228,6 +243,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         policy=policy_cfg,
         dns=dns_cfg,
         auth=auth_cfg,
+        bounces=bounces_cfg,
         source=source,
     )
 

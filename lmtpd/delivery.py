@@ -114,7 +114,7 @@ class Worker:
         now = self.clock()
         batch = self.cfg.relay.batch
         deliveries, content = await self.writer.submit(
-            lambda db: queue.claim(db, self.owner, now, self.cfg.queue.lease, batch, queue_id)
+            lambda db: queue.claim(db, self.owner, now, self.cfg.queue.lease, batch, queue_id, self.cfg.bounces.verp)
         )
         if not deliveries:
             return Counter()

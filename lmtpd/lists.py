@@ -58,6 +58,25 @@ def parse_recipient(address: str, domain: str) -> tuple[Recipient | None, str]:
     return Recipient(POST, base, extension), ""
 
 
+def verp_sender(bounce_address: str, recipient: str) -> str:
+    """``youth-bounces@myclub.org`` for ``bob@example.net`` -> ``youth-bounces+bob=example.net@myclub.org``.
+
+    A bounce then names the member by the address it comes back to, whatever the
+    reporting server wrote (or failed to write) in it.
+    """
+    if not bounce_address:
+        return bounce_address  # the null sender of lmtpd's own reports stays null
+    local, _, domain = bounce_address.rpartition("@")
+    member_local, _, member_domain = recipient.rpartition("@")
+    return f"{local}+{member_local}={member_domain}@{domain}"
+
+
+def verp_recipient(extension: str) -> str | None:
+    """The member address a VERP extension (``bob=example.net``) encodes."""
+    local, eq, domain = extension.rpartition("=")
+    return f"{local}@{domain}" if eq and local and domain else None
+
+
 # ---------------------------------------------------------------- posting rules
 
 

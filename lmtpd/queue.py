@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from . import dsn
 from .config import Config, QueueConfig
 from .dsn import status_of
-from .lists import read_headers, split_message
+from .lists import read_headers, split_message, verp_sender
 
 SENT, PENDING, FAILED, HELD = "sent", "pending", "failed", "held"
 
@@ -109,7 +109,7 @@ def enqueue_post(db: sqlite3.Connection, post_id: int, list_id: int, now: float)
         INSERT INTO deliveries (post_id, member_id, recipient, created_at, next_attempt_at)
         SELECT ?, m.id, m.address, ?, ?
           FROM memberships ms JOIN members m ON m.id = ms.member_id
-         WHERE ms.list_id = ? AND m.active = 1
+         WHERE ms.list_id = ? AND m.active = 1 AND m.delivery_disabled_at IS NULL
          ORDER BY m.address
         """,
         (post_id, now, now, list_id),
@@ -140,7 +140,13 @@ def release_leases(db: sqlite3.Connection, owner: str) -> None:
 
 
 def claim(
-    db: sqlite3.Connection, owner: str, now: float, lease: float, limit: int, queue_id: str | None = None
+    db: sqlite3.Connection,
+    owner: str,
+    now: float,
+    lease: float,
+    limit: int,
+    queue_id: str | None = None,
+    verp: bool = True,
 ) -> tuple[list[Delivery], dict[int, tuple[bytes, str]]]:
     """Lease up to ``limit`` due copies (of one message, if given); with each post's content."""
     only = ""
@@ -166,7 +172,7 @@ def claim(
     marks = ",".join("?" * len(post_ids))
     posts = db.execute(
         f"""
-        SELECT p.id, p.sender, p.list_headers, m.raw, m.queue_id
+        SELECT p.id, p.sender, p.list_headers, p.list_name, p.kind, m.raw, m.queue_id
           FROM posts p JOIN messages m ON m.id = p.message_id
          WHERE p.id IN ({marks})
         """,
@@ -179,7 +185,9 @@ def claim(
             queue_id=by_post[r["post_id"]]["queue_id"],
             post_id=r["post_id"],
             recipient=r["recipient"],
-            sender=by_post[r["post_id"]]["sender"],
+            sender=verp_sender(by_post[r["post_id"]]["sender"], r["recipient"])
+            if verp
+            else by_post[r["post_id"]]["sender"],
             attempts=r["attempts"],
             created_at=r["created_at"],
         )
