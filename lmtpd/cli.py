@@ -18,11 +18,11 @@ from typing import Any, NoReturn, TypeVar
 import aiosqlite
 import click
 
-from . import queue, queue_admin, roster
+from . import bounce_admin, bounces, queue, queue_admin, roster
 from .config import Config, ConfigError, config_path, load
 from .daemon import ListenError, Service
 from .delivery import Worker
-from .store import SchemaError, StoreError, Writer, open_database, transaction, upgrade
+from .store import SchemaError, StoreError, Writer, connect_sync, open_database, transaction, upgrade
 
 T = TypeVar("T")
 
@@ -62,7 +62,7 @@ class State:
             return asyncio.run(main())
         except roster.RosterError as exc:
             fail(str(exc), os.EX_DATAERR)
-        except queue_admin.QueueError as exc:
+        except (queue_admin.QueueError, bounce_admin.NoSuchBounce) as exc:
             fail(str(exc), os.EX_NOINPUT)
         except SchemaError as exc:
             fail(f"database: {exc}", os.EX_CONFIG)
@@ -265,16 +265,32 @@ def members_remove(state: State, address: str, lists: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def members_list(state: State, list_name: str | None, as_json: bool) -> None:
-    """Show members with their lists."""
+    """Show members with their lists, bounce scores and disabled deliveries."""
     rows = state.run(lambda db: roster.members(db, list_name))
     emit(
         rows,
         as_json,
         lambda r: (
-            f"{r['address']}\t{r['name'] or '-'}\t{' '.join(r['lists']) or '-'}" + ("" if r["active"] else "\tinactive")
+            f"{r['address']}\t{r['name'] or '-'}\t{' '.join(r['lists']) or '-'}"
+            + ("" if r["active"] else "\tinactive")
+            + (f"\tbounces={r['bounce_score']}" if r["bounce_score"] else "")
+            + (
+                f"\tdelivery disabled since {r['delivery_disabled']}: {r['disabled_reason']}"
+                if r["delivery_disabled"]
+                else ""
+            )
         ),
         "no members",
     )
+
+
+@members_group.command("enable")
+@click.argument("address")
+@pass_state
+def members_enable(state: State, address: str) -> None:
+    """Send list mail to a member again (after bounces disabled it); resets the score."""
+    state.run(lambda db: transaction(db, lambda db: roster.enable_member(db, address)))
+    click.echo(f"delivery to {address} enabled")
 
 
 @members_group.command("import")
@@ -469,6 +485,87 @@ def queue_stats(state: State, as_json: bool) -> None:
     click.echo(f"oldest unsent: {age} s" if age is not None else "oldest unsent: -")
     for domain, n in info["destinations"].items():
         click.echo(f"  {domain}  {n}")
+
+
+# ------------------------------------------------------------------ bounces
+
+
+@main.group("bounces")
+def bounces_group() -> None:
+    """Mail that came back to the lists' bounce addresses."""
+
+
+@bounces_group.command("process")
+@pass_state
+def bounces_process(state: State) -> None:
+    """Read new bounces, score members, disable dead addresses (run it from cron)."""
+    cfg = state.config
+    if state.verbose:
+        setup_logging(state.verbose)
+
+    async def run(_: aiosqlite.Connection) -> bounces.RunReport:  # the schema is checked; work synchronously
+        conn = connect_sync(cfg.database)
+        try:
+            return bounces.process(conn, cfg, time.time())
+        finally:
+            conn.close()
+
+    report = state.run(run)
+    total = sum(report.counts.values())
+    detail = ", ".join(f"{n} {kind}" for kind, n in sorted(report.counts.items()))
+    click.echo(f"processed {total} bounce(s)" + (f": {detail}" if detail else ""))
+    for address in report.disabled:
+        click.echo(f"delivery disabled for {address}")
+    if report.summary_queue_id:
+        click.echo(f"summary for {cfg.admin} queued as {report.summary_queue_id}")
+
+
+@bounces_group.command("list")
+@click.option("--unprocessed", is_flag=True, help="Only bounces not processed yet.")
+@click.option("--unattributed", is_flag=True, help="Only bounces that name no member.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def bounces_list(state: State, unprocessed: bool, unattributed: bool, as_json: bool) -> None:
+    """One line per stored bounce."""
+    rows = state.run(lambda db: bounce_admin.listing(db, unprocessed, unattributed))
+    emit(
+        rows,
+        as_json,
+        lambda r: (
+            f"{r['id']}  {r['arrived']}  {r['list']}  {r['kind'] or 'unprocessed'}  "
+            f"{r['address'] or '-'}  {r['status'] or '-'}  {r['diagnostic'][:80] or '-'}"
+        ),
+        "no bounces",
+    )
+
+
+@bounces_group.command("show")
+@click.argument("bounce_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def bounces_show(state: State, bounce_id: int, as_json: bool) -> None:
+    """What lmtpd read in one bounce, and the bounce itself."""
+    info = state.run(lambda db: bounce_admin.show(db, bounce_id))
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    for key in (
+        "id",
+        "queue_id",
+        "arrived",
+        "list",
+        "recipient",
+        "mail_from",
+        "kind",
+        "address",
+        "status",
+        "diagnostic",
+        "counted",
+        "processed",
+    ):
+        click.echo(f"{key + ':':12s}{info[key]}")
+    click.echo("")
+    click.echo(info["message"])
 
 
 def run() -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
+from .queue import isotime
 from .store import fetchall, fetchone, find_list, find_member, normalize_address
 
 _LIST_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -147,6 +148,17 @@ async def remove_member(db: aiosqlite.Connection, address: str, lists: list[str]
             raise RosterError(f"{address} is not a member of {list_name}")
 
 
+async def enable_member(db: aiosqlite.Connection, address: str) -> None:
+    """Send to the member again, with a clean bounce score."""
+    cur = await db.execute(
+        "UPDATE members SET delivery_disabled_at = NULL, disabled_reason = '', bounce_score = 0, "
+        "last_bounce_day = NULL, last_bounce_at = NULL, disabled_reported = 0 WHERE address = ?",
+        (normalize_address(address),),
+    )
+    if cur.rowcount == 0:
+        raise RosterError(f"no such member: {address}")
+
+
 async def members(db: aiosqlite.Connection, list_name: str | None = None) -> list[dict]:
     params: tuple = ()
     where = ""
@@ -159,7 +171,7 @@ async def members(db: aiosqlite.Connection, list_name: str | None = None) -> lis
     rows = await fetchall(
         db,
         f"""
-        SELECT m.address, m.name, m.active,
+        SELECT m.address, m.name, m.active, m.bounce_score, m.delivery_disabled_at, m.disabled_reason,
                coalesce((SELECT group_concat(name, ' ') FROM (
                    SELECT l.name FROM memberships ms JOIN lists l ON l.id = ms.list_id
                     WHERE ms.member_id = m.id ORDER BY l.name)), '') AS lists
@@ -168,7 +180,15 @@ async def members(db: aiosqlite.Connection, list_name: str | None = None) -> lis
         params,
     )
     return [
-        {"address": r["address"], "name": r["name"], "active": bool(r["active"]), "lists": r["lists"].split()}
+        {
+            "address": r["address"],
+            "name": r["name"],
+            "active": bool(r["active"]),
+            "lists": r["lists"].split(),
+            "bounce_score": r["bounce_score"],
+            "delivery_disabled": isotime(r["delivery_disabled_at"]) or None,
+            "disabled_reason": r["disabled_reason"],
+        }
         for r in rows
     ]
 

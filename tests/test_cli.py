@@ -113,7 +113,12 @@ def test_lists_and_members(cfg_path: Path):
     assert run(cfg_path, "members", "add", "bob@example.net", "--list", "nope").exit_code == 65
     listed = json.loads(run(cfg_path, "members", "list", "--json").output)
     # one member: the domain is case-insensitive, and so (in practice) is the local part
-    assert listed == [{"address": "Anna@example.net", "name": "Anna", "active": True, "lists": ["trainers", "youth"]}]
+    assert listed == [
+        {
+            "address": "Anna@example.net", "name": "Anna", "active": True, "lists": ["trainers", "youth"],
+            "bounce_score": 0, "delivery_disabled": None, "disabled_reason": "",
+        }
+    ]  # fmt: skip
     lists = {r["name"]: r for r in json.loads(run(cfg_path, "lists", "list", "--json").output)}
     assert lists["trainers"]["posters"] == "list" and lists["trainers"]["posts_per_day"] == 2
     assert lists["youth"]["members"] == 1 and lists["youth"]["auth_require"] is None

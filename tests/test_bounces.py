@@ -1,0 +1,244 @@
+"""Bounces: reading real-world formats, scoring members, disabling dead addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+
+from lmtpd import bounces
+from lmtpd.config import Config, load
+from lmtpd.ingest import IngestHandler
+from lmtpd.lists import verp_recipient, verp_sender
+from lmtpd.store import Writer, connect_sync
+
+from .conftest import DATA, Clock, message, populate, spawn_lmtpd, write_config
+
+CORPUS = DATA / "bounces"
+EXPECTED = {
+    "postfix_user_unknown.eml": ("permanent", "bob@example.net", "5.1.1"),
+    "postfix_delayed.eml": ("temporary", "carla@example.com", "4.4.1"),
+    "gmail_no_such_user.eml": ("permanent", "dora@gmail.example", "5.1.1"),
+    "exchange_recipient_not_found.eml": ("permanent", "eve@corp.example", "5.1.10"),
+    "exim_no_dsn.eml": ("permanent", "fred@exim.example", "5.2.1"),
+    "qmail.eml": ("permanent", "gus@qmail.example", "5.1.1"),
+    "sendmail.eml": ("permanent", "hal@sendmail.example", "5.1.1"),
+    "dmarc_reject.eml": ("policy", "ida@strict.example", "5.7.26"),
+    "spam_block.eml": ("policy", "jo@blocky.example", "5.0.0"),
+    "vacation.eml": ("auto-reply", None, ""),
+    "outlook_automatic_reply.eml": ("auto-reply", None, ""),
+    "garbage.eml": ("unrecognised", None, ""),
+    "global_dsn_utf8.eml": ("permanent", "zoë@münich.example", "5.1.1"),
+    "quoted_printable_dsn.eml": ("permanent", "mo@qp.example", "5.2.1"),
+}
+
+
+def test_the_corpus_is_complete():
+    assert sorted(p.name for p in CORPUS.glob("*.eml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("line_ending", [b"\r\n", b"\n"])
+def test_reading_real_world_bounces(name: str, line_ending: bytes):
+    raw = (CORPUS / name).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", line_ending)
+    kind, recipient, status = EXPECTED[name]
+    reading = bounces.read_bounce(raw)
+    assert reading.kind == kind
+    if recipient:
+        assert recipient in reading.recipients
+        assert reading.status == status
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_the_reader_never_crashes_on_damaged_input(name: str):
+    raw = (CORPUS / name).read_bytes()
+    for cut in (0, 1, len(raw) // 3, len(raw) // 2, len(raw) - 1):
+        bounces.read_bounce(raw[:cut])
+        bounces.read_bounce(raw[:cut] + b"\xff\xfe\x00" + raw[cut:])
+
+
+def test_verp_round_trip():
+    sender = verp_sender("youth-bounces@myclub.org", "bob.smith+tag@example.net")
+    assert sender == "youth-bounces+bob.smith+tag=example.net@myclub.org"
+    extension = sender.split("@")[0].split("+", 1)[1]
+    assert verp_recipient(extension) == "bob.smith+tag@example.net"
+    assert verp_sender("", "bob@example.net") == ""
+    assert verp_recipient("nothing") is None
+
+
+# ---------------------------------------------------------------- processing
+
+MEMBERS = {
+    "anna@example.net": ("Anna", ["youth"]),
+    "bob@example.net": ("Bob", ["youth"]),
+    "carla@example.com": ("Carla", ["youth"]),
+    "ida@strict.example": ("Ida", ["youth"]),
+    "kim@example.net": ("Kim", ["youth"]),
+    "mo@qp.example": ("Mo", ["youth"]),
+}
+
+
+class Club:
+    def __init__(self, cfg: Config, clock: Clock):
+        self.cfg, self.clock = cfg, clock
+        self.db = connect_sync(cfg.database)
+
+    async def receive(self, name: str, to: str | None = None) -> None:
+        """Deliver a corpus bounce over the ingest path to the address it names."""
+        raw = (CORPUS / name).read_bytes()
+        if to is None:
+            to = next(
+                line.split(":", 1)[1].strip().strip("<>")
+                for line in raw.decode("utf-8", "replace").splitlines()
+                if line.lower().startswith("to:")
+            )
+        writer = Writer(self.cfg.database)
+        await writer.start()
+        replies = await IngestHandler(self.cfg, writer, self.db, self.clock).decide("", [to], raw)
+        await writer.stop()
+        assert replies[0].endswith("bounce stored"), replies
+
+    def process(self) -> bounces.RunReport:
+        return bounces.process(self.db, self.cfg, self.clock.now)
+
+    def member(self, address: str) -> sqlite3.Row:
+        return self.db.execute("SELECT * FROM members WHERE address = ?", (address,)).fetchone()
+
+    def bounce_rows(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM bounces ORDER BY id").fetchall()
+
+
+@pytest.fixture
+async def club(tmp_path, clock: Clock):
+    config = write_config(tmp_path, "127.0.0.1:8024", 1, extra="[bounces]\nthreshold = 3\nstale_after_days = 7\n")
+    cfg = load(config)
+    await populate(cfg, MEMBERS)
+    c = Club(cfg, clock)
+    yield c
+    c.db.close()
+
+
+async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(club: Club, clock: Clock):
+    for _ in range(3):
+        await club.receive("postfix_user_unknown.eml")
+        await club.receive("postfix_user_unknown.eml")  # the same day: no second point
+        report = club.process()
+        assert report.counts == {"permanent": 2}
+        clock.advance(86400)
+    bob = club.member("bob@example.net")
+    assert bob["bounce_score"] == 3
+    assert bob["delivery_disabled_at"] is not None
+    assert "5.1.1" in bob["disabled_reason"] and "User unknown" in bob["disabled_reason"]
+    assert [r["counted"] for r in club.bounce_rows()] == [1, 0, 1, 0, 1, 0]
+    # one summary to the administrator, queued as a report, naming bob with evidence
+    summaries = club.db.execute(
+        "SELECT m.raw FROM messages m JOIN posts p ON p.message_id = m.id WHERE p.kind = 'report'"
+    ).fetchall()
+    assert len(summaries) == 1
+    text = bytes(summaries[0][0]).decode()
+    assert "To: admin@myclub.org" in text and "<bob@example.net> (Bob)" in text and "5.1.1" in text
+    assert club.process().summary_queue_id is None  # reported once
+    # bob stays a member but gets no copies of the next post
+    writer = Writer(club.cfg.database)
+    await writer.start()
+    await IngestHandler(club.cfg, writer, club.db, clock).decide("anna@example.net", ["youth@myclub.org"], message())
+    await writer.stop()
+    recipients = {
+        r[0] for r in club.db.execute("SELECT recipient FROM deliveries WHERE recipient != 'admin@myclub.org'")
+    }
+    assert "bob@example.net" not in recipients and "anna@example.net" in recipients
+
+
+async def test_a_stale_score_starts_again(club: Club, clock: Clock):
+    for _ in range(2):
+        await club.receive("postfix_user_unknown.eml")
+        club.process()
+        clock.advance(86400)
+    assert club.member("bob@example.net")["bounce_score"] == 2
+    clock.advance(8 * 86400)
+    await club.receive("postfix_user_unknown.eml")
+    club.process()
+    bob = club.member("bob@example.net")
+    assert bob["bounce_score"] == 1 and bob["delivery_disabled_at"] is None
+
+
+async def test_policy_temporary_and_auto_replies_do_not_count(club: Club):
+    await club.receive("dmarc_reject.eml")
+    await club.receive("postfix_delayed.eml")
+    await club.receive("vacation.eml")
+    report = club.process()
+    assert report.counts == {"policy": 1, "temporary": 1, "auto-reply": 1}
+    rows = club.bounce_rows()
+    assert [(r["kind"], r["address"], r["counted"]) for r in rows] == [
+        ("policy", "ida@strict.example", 0),
+        ("temporary", "carla@example.com", 0),
+        ("auto-reply", "kim@example.net", 0),
+    ]
+    assert all(m["bounce_score"] == 0 for m in club.db.execute("SELECT bounce_score FROM members"))
+
+
+async def test_attribution_without_verp_and_unattributed_bounces(club: Club):
+    await club.receive("quoted_printable_dsn.eml")  # sent to youth-bounces@, names mo@qp.example
+    await club.receive("gmail_no_such_user.eml", to="youth-bounces@myclub.org")  # names a stranger
+    await club.receive("garbage.eml", to="youth-bounces@myclub.org")
+    report = club.process()
+    assert report.counts == {"permanent": 1, "unattributed": 2}
+    rows = club.bounce_rows()
+    assert (rows[0]["kind"], rows[0]["address"], rows[0]["counted"]) == ("permanent", "mo@qp.example", 1)
+    assert rows[1]["kind"] == "unattributed" and rows[2]["kind"] == "unattributed"
+    assert all(r["processed_at"] is not None for r in rows)  # kept, listed, never dropped
+
+
+async def test_bounce_commands(club: Club):
+    await club.receive("postfix_user_unknown.eml")
+    await club.receive("gmail_no_such_user.eml", to="youth-bounces@myclub.org")
+    config = club.cfg.source
+
+    async def lmtpd(*args: str) -> tuple[int, str]:
+        proc = await spawn_lmtpd(config, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return proc.returncode, out.decode()
+
+    code, out = await lmtpd("bounces", "list", "--unprocessed", "--json")
+    assert code == 0 and len(json.loads(out)) == 2
+    code, out = await lmtpd("bounces", "process")
+    assert code == 0 and "processed 2 bounce(s): 1 permanent, 1 unattributed" in out
+    code, out = await lmtpd("bounces", "list", "--unattributed", "--json")
+    listed = json.loads(out)
+    assert [b["kind"] for b in listed] == ["unattributed"]
+    code, out = await lmtpd("bounces", "show", str(listed[0]["id"]))
+    assert code == 0 and "kind:       unattributed" in out and "dora@gmail.example" in out
+    code, out = await lmtpd("bounces", "show", "999")
+    assert code == 66
+    code, out = await lmtpd("members", "list", "--json")
+    bob = next(m for m in json.loads(out) if m["address"] == "bob@example.net")
+    assert bob["bounce_score"] == 1 and bob["delivery_disabled"] is None
+    code, out = await lmtpd("members", "list")
+    assert "bob@example.net\tBob\tyouth\tbounces=1" in out
+    club.db.execute("UPDATE members SET delivery_disabled_at = 1, disabled_reason = 'test' WHERE address = ?",
+                    ("bob@example.net",))  # fmt: skip
+    code, out = await lmtpd("members", "list")
+    assert "delivery disabled since" in out
+    code, out = await lmtpd("members", "enable", "bob@example.net")
+    assert code == 0 and out.strip() == "delivery to bob@example.net enabled"
+    bob = club.member("bob@example.net")
+    assert bob["delivery_disabled_at"] is None and bob["bounce_score"] == 0
+
+
+async def test_two_runs_at_once_process_each_bounce_once(club: Club):
+    for i in range(60):
+        await club.receive("postfix_user_unknown.eml" if i % 2 else "dmarc_reject.eml")
+    config = club.cfg.source
+    procs = [
+        await spawn_lmtpd(config, "bounces", "process", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [(await p.communicate())[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    totals = [int(out.split("processed ")[1].split()[0]) for out in outs]
+    assert sum(totals) == 60
+    rows = club.bounce_rows()
+    assert all(r["processed_at"] is not None for r in rows)
+    assert club.member("bob@example.net")["bounce_score"] == 1  # all on one day: one point
