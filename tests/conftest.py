@@ -57,6 +57,7 @@ def write_config(
     posts_per_day: int = 5,
     relay_extra: str = "",
     queue_extra: str = "",
+    admin: str = "admin@myclub.org",
 ) -> Path:
     path = folder / "lmtpd.toml"
     if "[auth]" not in extra:  # most tests post unsigned mail from 127.0.0.1
@@ -65,7 +66,7 @@ def write_config(
         f"""
 domain = "myclub.org"
 database = "club.sqlite3"
-admin = "admin@myclub.org"
+admin = "{admin}"
 hostname = "lists.myclub.org"
 {extra}
 [lmtp]

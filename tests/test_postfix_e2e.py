@@ -13,12 +13,15 @@ import os
 import re
 import signal
 import sqlite3
+import time
 from email import message_from_bytes
 from email.utils import parseaddr
 
 import pytest
 
+from lmtpd import bounces
 from lmtpd.config import load
+from lmtpd.store import connect_sync
 
 from . import postfix
 from .conftest import Sink, eventually, populate, start_serve, start_sink, write_config
@@ -175,3 +178,50 @@ async def test_a_bounce_to_the_verp_address_is_accepted_from_the_null_sender(mta
 
     await eventually(lambda: stored() != [], 60, "the bounce to reach lmtpd")
     assert stored() == [("youth", "bob=example.net", "")]
+
+
+async def test_bounces_through_postfix_disable_a_dead_address(mta, short_dir, members_side: Sink):
+    """The far end refuses bob after Postfix took the copy: Postfix bounces to the VERP
+    address, the bounce comes back over LMTP, and after threshold-many days bob is off."""
+    policy = f'[policy]\nlisten = "unix:{mta.queue}/private/lmtpd-policy"\nsocket_mode = "0666"\n'
+    config = write_config(
+        short_dir, f"unix:{mta.lmtp_socket}", mta.port, posts_per_day=20, admin="admin@example.com",
+        extra=policy + "[bounces]\nthreshold = 3\n",
+    )  # fmt: skip
+    cfg = load(config)
+    await populate(cfg)
+    members_side.rcpt_replies = {
+        "bob@example.net": "550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown"
+    }
+    proc = await start_serve(config)
+    db = sqlite3.connect(cfg.database)
+    db.row_factory = sqlite3.Row
+    try:
+        start = time.time() - 3 * 86400  # three past days, so what gets queued is due now
+        for day in range(3):
+            await swaks(mta, "anna@example.net", ["youth@myclub.org"], "anna@example.net", f"day {day}")
+            await eventually(
+                lambda n=day + 1: db.execute("SELECT count(*) FROM bounces").fetchone()[0] >= n, 60, "the bounce"
+            )
+            conn = connect_sync(cfg.database)
+            report = bounces.process(conn, cfg, start + day * 86400)  # one bounce a day, on the injected clock
+            conn.close()
+            assert report.counts == {"permanent": 1}
+        bob = db.execute("SELECT * FROM members WHERE address = 'bob@example.net'").fetchone()
+        assert bob["bounce_score"] == 3 and bob["delivery_disabled_at"] is not None
+        row = db.execute("SELECT * FROM bounces ORDER BY id LIMIT 1").fetchone()
+        assert row["extension"] == "bob=example.net" and row["status"] == "5.1.1" and row["mail_from"] == ""
+        # the administrator's summary goes out through Postfix
+        await eventually(lambda: members_side.to("admin@example.com") != [], 60, "the admin summary")
+        summary = members_side.to("admin@example.com")[0].data.decode()
+        assert "<bob@example.net> (Bob)" in summary and "User unknown" in summary
+        # bob gets no further copies; the others do
+        members_side.received.clear()
+        await swaks(mta, "anna@example.net", ["youth@myclub.org"], "anna@example.net", "after")
+        await eventually(lambda: len(members_side.received) >= 2, 60, "the next post")
+        await asyncio.sleep(1.5)
+        assert sorted(r.rcpt for r in members_side.received) == ["anna@example.net", "carla@example.com"]
+    finally:
+        db.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
