@@ -73,9 +73,13 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 
+def emit_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
 def emit(rows: list[dict], as_json: bool, line: Callable[[dict], str], empty: str) -> None:
     if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        emit_json(rows)
     elif not rows:
         click.echo(empty)
     else:
@@ -367,8 +371,7 @@ def queue_show(state: State, queue_id: str, as_json: bool) -> None:
     """Envelope, copies with their states and last replies, and headers of one message."""
     info = state.run(lambda db: queue_admin.show(db, queue_id))
     if as_json:
-        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
-        return
+        return emit_json(info)
     click.echo(f"queue id:   {info['queue_id']} ({info['kind']})")
     click.echo(f"arrived:    {info['arrived']}")
     click.echo(f"from:       <{info['mail_from']}> (author {info['author']})")
@@ -478,8 +481,7 @@ def queue_stats(state: State, as_json: bool) -> None:
     """Copies by state and by destination, and the age of the oldest unsent copy."""
     info = state.run(lambda db: queue_admin.stats(db, time.time()))
     if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
+        return emit_json(info)
     click.echo("  ".join(f"{k}={v}" for k, v in info["states"].items()))
     age = info["oldest_age_seconds"]
     click.echo(f"oldest unsent: {age} s" if age is not None else "oldest unsent: -")
@@ -547,8 +549,7 @@ def bounces_show(state: State, bounce_id: int, as_json: bool) -> None:
     """What lmtpd read in one bounce, and the bounce itself."""
     info = state.run(lambda db: bounce_admin.show(db, bounce_id))
     if as_json:
-        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
-        return
+        return emit_json(info)
     for key in (
         "id",
         "queue_id",
