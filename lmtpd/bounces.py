@@ -33,7 +33,7 @@ from email.utils import format_datetime, make_msgid
 from flufl.bounce import all_failures
 
 from .config import Config
-from .lists import verp_recipient
+from .lists import VACATION_SUBJECT, verp_recipient
 from .queue import enqueue_report, new_queue_id
 from .store import FIND_MEMBER
 
@@ -46,11 +46,6 @@ PERMANENT, TEMPORARY, POLICY, AUTO_REPLY, UNRECOGNISED, UNATTRIBUTED = (
 _POLICY_WORDS = re.compile(
     r"\b(dmarc|spf|dkim|spam|blocked|block ?list(ed)?|black ?list(ed)?|reputation|policy|"
     r"not authori[sz]ed to send|rejected for (policy|content) reasons|rbl|spamhaus)\b",
-    re.I,
-)
-_VACATION_SUBJECT = re.compile(
-    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheit|vacation|"
-    r"absence|r[ée]ponse automatique|auto:)",
     re.I,
 )
 
@@ -142,7 +137,7 @@ def _is_vacation(msg: Message) -> bool:
         return True
     if _text(msg.get("Precedence", "")).lower() in ("auto_reply", "autoreply"):
         return True
-    return bool(_VACATION_SUBJECT.match(_text(msg.get("Subject", ""))))
+    return bool(VACATION_SUBJECT.match(_text(msg.get("Subject", ""))))
 
 
 def _is_auto_reply(msg: Message) -> bool:

@@ -20,6 +20,7 @@ import click
 
 from . import bounce_admin, bounces, queue, queue_admin, roster
 from .config import Config, ConfigError, config_path, load
+from .copies import SigningError
 from .daemon import ListenError, Service
 from .delivery import Worker
 from .store import SchemaError, StoreError, Writer, connect_sync, open_database, transaction, upgrade
@@ -134,6 +135,8 @@ def serve(state: State, upgrade: bool) -> None:
         fail(f"database: {exc}", os.EX_IOERR)
     except ListenError as exc:
         fail(str(exc), os.EX_OSERR)
+    except SigningError as exc:
+        fail(f"config error: {exc}", os.EX_CONFIG)
 
 
 # ----------------------------------------------------------------------- db

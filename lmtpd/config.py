@@ -96,8 +96,15 @@ class BouncesConfig:
 
 
 @dataclass(frozen=True)
+class DkimConfig:
+    selector: str = ""  # with key_file: sign every copy for the club domain
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     posts_per_day: int = 20
+    max_received: int = 30  # more Received headers than this: a loop, not posted
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     source: Path | None = None
 
 
@@ -162,6 +170,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     dns_section = top.section("dns")
     auth = top.section("auth")
     bounces = top.section("bounces")
+    dkim_section = top.section("dkim")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -207,6 +216,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     queue.done()
     limits_cfg = LimitsConfig(
         posts_per_day=limits.integer("posts_per_day", LimitsConfig.posts_per_day, low=0),
+        max_received=limits.integer("max_received", LimitsConfig.max_received, low=1),
     )
     limits.done()
     policy_cfg = PolicyConfig(
@@ -231,6 +241,14 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         verp=bounces.boolean("verp", BouncesConfig.verp),
     )
     bounces.done()
+    key_file = dkim_section.string("key_file", "")
+    dkim_cfg = DkimConfig(
+        selector=dkim_section.string("selector", ""),
+        key_file=(Path(key_file) if Path(key_file).is_absolute() else base / key_file) if key_file else None,
+    )
+    if bool(dkim_cfg.selector) != bool(dkim_cfg.key_file):
+        raise ConfigError("[dkim] selector and key_file: give both or neither")
+    dkim_section.done()
     return Config(
         domain=domain,
         database=database,
@@ -244,6 +262,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         dns=dns_cfg,
         auth=auth_cfg,
         bounces=bounces_cfg,
+        dkim=dkim_cfg,
         source=source,
     )
 

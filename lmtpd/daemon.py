@@ -23,6 +23,7 @@ import dns.resolver
 
 from . import auth
 from .config import Config, Listen
+from .copies import Signer
 from .delivery import Worker
 from .ingest import IngestHandler, LMTPServer
 from .policy import MAX_LINE, PolicyServer
@@ -60,7 +61,8 @@ class Service:
         checker = auth.Checker(
             make_resolver(cfg.dns.nameservers, cfg.dns.timeout, dns.resolver.Resolver), cfg.dns.timeout
         )
-        self.handler = IngestHandler(cfg, self.writer, self.reader, self.clock, self.worker.wake, checker)
+        signer = Signer.from_file(cfg.domain, cfg.dkim.selector, cfg.dkim.key_file) if cfg.dkim.key_file else None
+        self.handler = IngestHandler(cfg, self.writer, self.reader, self.clock, self.worker.wake, checker, signer)
         loop = asyncio.get_running_loop()
 
         def factory() -> LMTPServer:

@@ -22,7 +22,6 @@ import dns.asyncresolver
 
 from . import queue
 from .config import Config
-from .lists import outgoing_copy
 from .relay import Outcome, Session, SessionError, tls_contexts
 from .routes import Host, RouteError, make_resolver, resolve
 from .store import Writer
@@ -113,12 +112,11 @@ class Worker:
         """One pass: claim a batch of due copies, relay them, record results."""
         now = self.clock()
         batch = self.cfg.relay.batch
-        deliveries, content = await self.writer.submit(
+        deliveries, copies = await self.writer.submit(
             lambda db: queue.claim(db, self.owner, now, self.cfg.queue.lease, batch, queue_id, self.cfg.bounces.verp)
         )
         if not deliveries:
             return Counter()
-        copies = {post_id: outgoing_copy(raw, headers) for post_id, (raw, headers) in content.items()}
         groups: dict[str, list[queue.Delivery]] = {}
         for d in deliveries:
             groups.setdefault(SMARTHOST if self.smarthost else d.domain, []).append(d)

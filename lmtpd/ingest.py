@@ -21,17 +21,20 @@ from aiosmtpd.smtp import Envelope, Session, syntax
 
 from . import auth, queue
 from .config import Config
+from .copies import ListStyle, Signer, copy_headers
 from .lists import (
     BOUNCES,
+    OWNER,
     POST,
+    REQUEST,
     HeaderInfo,
     daily_limit,
-    is_own_copy,
+    drop_reason,
     limit_refusal,
-    list_header_lines,
     parse_recipient,
     poster_refusal,
     read_headers,
+    split_message,
 )
 from .store import FIND_LIST, FIND_MEMBER, Writer, in_list
 
@@ -55,6 +58,7 @@ class Post:
     arrived_at: float
     auth: str = ""  # what sender authentication found
     auth_refusals: dict[str, str] = field(default_factory=dict)  # list name -> refusal
+    copy_headers: dict[str, bytes] = field(default_factory=dict)  # list name -> the copies' headers
 
 
 def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], int]:
@@ -73,7 +77,7 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
     day = date.fromtimestamp(post.arrived_at).isoformat()
     for address in post.recipients:
         rcpt, refusal = parse_recipient(address, cfg.domain)
-        lst = db.execute(FIND_LIST, (rcpt.list_name,)).fetchone() if rcpt and rcpt.kind in (POST, BOUNCES) else None
+        lst = db.execute(FIND_LIST, (rcpt.list_name,)).fetchone() if rcpt else None
         if rcpt and lst is None:
             refusal = f"550 5.1.1 <{address}>: no such list"
         if refusal or lst is None or rcpt is None:
@@ -83,16 +87,25 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
             _store_bounce(db, post, address, lst["name"], rcpt.extension)
             replies.append(f"250 2.0.0 <{address}> {post.queue_id} bounce stored")
             continue
+        if rcpt.kind in (REQUEST, OWNER):  # until mail commands exist, the owner reads them
+            forward = queue.new_queue_id()
+            queue.enqueue_report(db, forward, lst["name"], forwarded(post.raw, address), post.arrived_at, cfg)
+            replies.append(f"250 2.0.0 <{address}> {post.queue_id} forwarded to the list owner as {forward}")
+            continue
         if author is None:
             replies.append(f"550 5.6.0 {post.headers.from_problem}")
             continue
         if lst["name"] in accepted:  # the same list twice: one post
             replies.append(f"250 2.0.0 <{address}> {post.queue_id} already accepted")
             continue
-        if is_own_copy(post.headers, lst["name"], cfg.domain):
-            # accepted, so nothing bounces, but never posted again: that would loop
-            log.warning("%s: loop: message to %s is that list's own copy; discarded", post.queue_id, address)
-            replies.append(f"250 2.0.0 <{address}> {post.queue_id} discarded: the list's own copy (loop)")
+        reason = drop_reason(post.headers, lst["name"], cfg.domain, cfg.limits.max_received)
+        if reason:  # accepted, so nothing bounces, but not posted: recorded with the reason
+            log.warning("%s: not posted to %s: %s", post.queue_id, address, reason)
+            if message_id is None:
+                message_id = _store_message(db, post, author)
+            _store_post(db, post, message_id, member, lst, cfg, dropped=reason)
+            accepted.add(lst["name"])
+            replies.append(f"250 2.0.0 <{address}> {post.queue_id} accepted, not posted: {reason}")
             continue
         if lst["name"] in post.auth_refusals:
             replies.append(post.auth_refusals[lst["name"]])
@@ -156,25 +169,43 @@ def _store_post(
     member: sqlite3.Row | None,
     lst: sqlite3.Row,
     cfg: Config,
+    dropped: str = "",
 ) -> int:
-    """The post row for one list, and one queued copy per active member."""
+    """The post row for one list, and (unless dropped) one queued copy per active member."""
     cur = db.execute(
         """
-        INSERT INTO posts (message_id, list_id, list_name, member_id, sender, list_headers, accepted_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?)
+        INSERT INTO posts (message_id, list_id, list_name, member_id, sender, list_headers, accepted_at,
+                           headers, dropped)
+        VALUES (?, ?, ?, ?, ?, '', ?, ?, ?)
         """,
         (
-            message_id,
-            lst["id"],
-            lst["name"],
-            member["id"] if member else None,
-            f"{lst['name']}-bounces@{cfg.domain}",
-            list_header_lines(lst["name"], lst["description"], cfg.domain),
-            post.arrived_at,
+            message_id, lst["id"], lst["name"], member["id"] if member else None,
+            f"{lst['name']}-bounces@{cfg.domain}", post.arrived_at,
+            post.copy_headers.get(lst["name"]) or copy_headers(split_message(post.raw)[0], style(lst, cfg), False),
+            dropped,
         ),
-    )
+    )  # fmt: skip
     assert cur.lastrowid is not None
+    if dropped:
+        return 0
     return queue.enqueue_post(db, cur.lastrowid, lst["id"], post.arrived_at)
+
+
+def style(lst: sqlite3.Row, cfg: Config) -> ListStyle:
+    return ListStyle(
+        name=lst["name"],
+        domain=cfg.domain,
+        description=lst["description"],
+        prefix=lst["subject_prefix"],
+        reply_to=lst["reply_to"],
+        archive=lst["archive_url"],
+        owner=cfg.admin,
+    )
+
+
+def forwarded(raw: bytes, address: str) -> bytes:
+    """The message as the owner gets it: marked with the address it was sent to."""
+    return f"X-Lmtpd-Forwarded-For: <{address}>\r\n".encode() + raw
 
 
 def _check_poster(
@@ -217,9 +248,11 @@ class IngestHandler:
         clock: Callable[[], float] = time.time,
         on_accepted: Callable[[], None] | None = None,
         checker: auth.Checker | None = None,
+        signer: Signer | None = None,
     ):
         self.cfg = cfg
         self.checker = checker
+        self.signer = signer
         self.writer = writer
         self.reader = reader
         self.clock = clock
@@ -231,8 +264,6 @@ class IngestHandler:
         rcpt, refusal = parse_recipient(address, self.cfg.domain)
         if rcpt is None:
             return refusal
-        if rcpt.kind not in (POST, BOUNCES):
-            return f"550 5.1.1 <{address}>: no such address here"
         try:  # an indexed read in WAL mode: microseconds, never waits for writers
             lst = self.reader.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
         except sqlite3.Error:
@@ -259,41 +290,39 @@ class IngestHandler:
         """The per-recipient replies for one message; 250s only after the commit."""
         headers = read_headers(raw)
         queue_id = queue.new_queue_id()
-        raw, summary, refusals = await self.authenticate(raw, mail_from, rcpts, headers)
-        post = Post(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals)
-        replies, copies = await self.writer.submit(lambda db: accept(db, post, self.cfg))
+        raw, trusted = auth.trusted_results(raw, self.cfg.auth.authserv_id)
+        lists = self._post_lists(rcpts)
+        summary, refusals = await self.authenticate(raw, mail_from, headers, lists, trusted)
+        copies = await self.prepare_copies(raw, headers, [lst for lst in lists if lst["name"] not in refusals])
+        post = Post(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals, copies)
+        replies, queued = await self.writer.submit(lambda db: accept(db, post, self.cfg))
         for rcpt, reply in zip(rcpts, replies, strict=False):
             log.info(
                 "%s: from=<%s>, author=<%s>, to=<%s>, size=%d, message-id=%s: %s",
-                queue_id,
-                mail_from,
-                headers.author or "-",
-                rcpt,
-                len(raw),
-                headers.message_id or "-",
-                reply,
-            )
-        if copies and self.on_accepted:
+                queue_id, mail_from, headers.author or "-", rcpt, len(raw), headers.message_id or "-", reply,
+            )  # fmt: skip
+        if queued and self.on_accepted:
             self.on_accepted()
         return replies
 
-    async def authenticate(
-        self, raw: bytes, mail_from: str, rcpts: list[str], headers: HeaderInfo
-    ) -> tuple[bytes, str, dict[str, str]]:
-        """(the message without forged Authentication-Results, what the checks found,
-        the refusal for each list whose requirement the post does not meet)."""
-        raw, trusted = auth.trusted_results(raw, self.cfg.auth.authserv_id)
-        if headers.author is None:
-            return raw, "", {}
-        modes: dict[str, str] = {}
+    def _post_lists(self, rcpts: list[str]) -> list[sqlite3.Row]:
+        """The lists this message is posted to (not bounces or requests), once each."""
+        found: dict[str, sqlite3.Row] = {}
         for address in rcpts:
             rcpt, _ = parse_recipient(address, self.cfg.domain)
-            if rcpt and rcpt.kind == POST:
+            if rcpt and rcpt.kind == POST and rcpt.list_name not in found:
                 lst = self.reader.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
                 if lst is not None:
-                    modes[lst["name"]] = lst["auth_require"] or self.cfg.auth.require
-        if all(mode == "none" for mode in modes.values()):
-            return raw, "", {}
+                    found[rcpt.list_name] = lst
+        return list(found.values())
+
+    async def authenticate(
+        self, raw: bytes, mail_from: str, headers: HeaderInfo, lists: list[sqlite3.Row], trusted: list[str]
+    ) -> tuple[str, dict[str, str]]:
+        """(what the checks found, the refusal for each list whose requirement the post misses)."""
+        modes = {lst["name"]: lst["auth_require"] or self.cfg.auth.require for lst in lists}
+        if headers.author is None or all(mode == "none" for mode in modes.values()):
+            return "", {}
         if trusted:
             result = auth.from_results(trusted, self.cfg.auth.authserv_id)
         elif self.checker is not None:
@@ -302,14 +331,43 @@ class IngestHandler:
             result = auth.Result(auth.TEMPERROR, source="unchecked")
         domain = headers.author.rpartition("@")[2]
         enforced: bool | None = True
-        if "dmarc" in modes.values() and not result.aligned_pass(domain) and self.checker is not None:
-            enforced = await asyncio.to_thread(self.checker.dmarc_enforced, domain)
+        if "dmarc" in modes.values() and not result.aligned_pass(domain):
+            enforced = await self._dmarc_enforced(domain)
         refusals = {}
         for name, mode in modes.items():
             reason = auth.refusal(result, mode, headers.author, name, enforced)
             if reason:
                 refusals[name] = reason
-        return raw, result.summary(), refusals
+        return result.summary(), refusals
+
+    async def _dmarc_enforced(self, domain: str) -> bool | None:
+        if self.checker is None:
+            return None
+        return await asyncio.to_thread(self.checker.dmarc_enforced, domain)
+
+    async def prepare_copies(self, raw: bytes, headers: HeaderInfo, lists: list[sqlite3.Row]) -> dict[str, bytes]:
+        """Each list's copy header block: rewritten once per post, DKIM-signed if configured.
+
+        From is rewritten to the list (DMARC mitigation) when the list says ``always``,
+        or ``auto`` and the author's domain publishes p=reject or p=quarantine, or its
+        DMARC record cannot be read now: better a rewritten From than a rejected copy.
+        """
+        if headers.author is None or not lists:
+            return {}
+        block, body = split_message(raw)
+        domain = headers.author.rpartition("@")[2]
+        enforced: bool | None = False
+        if any(lst["dmarc_mitigation"] == "auto" for lst in lists):
+            enforced = await self._dmarc_enforced(domain)
+        result = {}
+        for lst in lists:
+            mode = lst["dmarc_mitigation"]
+            mitigate = mode == "always" or (mode == "auto" and enforced is not False)
+            result[lst["name"]] = copy_headers(block, style(lst, self.cfg), mitigate)
+        if self.signer is not None:
+            signed = await asyncio.to_thread(lambda: {n: self.signer.sign(h, body) for n, h in result.items()})
+            result = signed
+        return result
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("LMTP session error: %r", error)

@@ -27,6 +27,11 @@ class HeaderInfo:
     message_id: str
     subject: str
     list_ids: tuple[str, ...] = ()  # List-Id values the message already carries
+    x_loops: tuple[str, ...] = ()
+    received: int = 0  # how many Received headers: hops so far
+    auto_submitted: str = ""
+    precedence: str = ""
+    autoreply: bool = False  # X-Autoreply and friends
 
 
 # ------------------------------------------------------------------ addresses
@@ -149,7 +154,11 @@ def header_values(block: bytes, names: set[str]) -> dict[str, list[str]]:
 def read_headers(raw: bytes) -> HeaderInfo:
     """The From, Message-ID and Subject of a message, tolerating bad input."""
     block, _ = split_message(raw)
-    values = header_values(block, {"from", "message-id", "subject", "list-id"})
+    values = header_values(
+        block,
+        {"from", "message-id", "subject", "list-id", "x-loop", "received", "auto-submitted", "precedence",
+         "x-autoreply", "x-autorespond", "x-vacation"},
+    )  # fmt: skip
     froms = values.get("from", [])
     author: str | None = None
     problem = ""
@@ -173,6 +182,11 @@ def read_headers(raw: bytes) -> HeaderInfo:
         message_id=_clean((values.get("message-id") or [""])[0]),
         subject=_decoded((values.get("subject") or [""])[0]),
         list_ids=tuple(values.get("list-id", [])),
+        x_loops=tuple(v.lower() for v in values.get("x-loop", [])),
+        received=len(values.get("received", [])),
+        auto_submitted=(values.get("auto-submitted") or [""])[0].lower(),
+        precedence=(values.get("precedence") or [""])[0].lower(),
+        autoreply=any(k in values for k in ("x-autoreply", "x-autorespond", "x-vacation")),
     )
 
 
@@ -202,10 +216,33 @@ def list_id_value(name: str, description: str, domain: str) -> str:
     return f"{phrase} {ident}"
 
 
+VACATION_SUBJECT = re.compile(
+    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheit|vacation|"
+    r"absence|r[ée]ponse automatique|auto:)",
+    re.I,
+)
+
+
 def is_own_copy(headers: HeaderInfo, name: str, domain: str) -> bool:
     """True if the message is a copy this list sent (a member's address leads back)."""
     ident = f"<{name}.{domain}>".lower()
-    return any(ident in value.lower() for value in headers.list_ids)
+    address = f"{name}@{domain}".lower()
+    return any(ident in value.lower() for value in headers.list_ids) or address in headers.x_loops
+
+
+def drop_reason(headers: HeaderInfo, name: str, domain: str, max_received: int) -> str:
+    """Why a message to a list must not be posted, although it is accepted; "" if none."""
+    if is_own_copy(headers, name, domain):
+        return f"loop: the message is a copy {name}@{domain} sent"
+    if headers.received > max_received:
+        return f"loop: {headers.received} Received headers (at most {max_received})"
+    if headers.auto_submitted and headers.auto_submitted.split(";")[0].strip() != "no":
+        return f"automatic mail: Auto-Submitted: {headers.auto_submitted}"
+    if headers.precedence in ("bulk", "junk", "list"):
+        return f"automatic mail: Precedence: {headers.precedence}"
+    if headers.autoreply or VACATION_SUBJECT.match(headers.subject):
+        return "automatic mail: a vacation reply"
+    return ""
 
 
 def list_header_lines(name: str, description: str, domain: str) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import date
 
 from .config import Config
-from .lists import BOUNCES, POST, daily_limit, limit_refusal, parse_recipient, poster_refusal
+from .lists import POST, daily_limit, limit_refusal, parse_recipient, poster_refusal
 from .store import FIND_LIST, FIND_MEMBER, in_list, normalize_address, posts_today
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,11 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     rcpt, refusal = parse_recipient(recipient, cfg.domain)
     if rcpt is None or recipient.lower() == cfg.admin.lower():
         return DUNNO  # not ours (or the administrator's): Postfix's own rules decide
-    if rcpt.kind not in (POST, BOUNCES):
-        return f"550 5.1.1 <{recipient}>: no such address here"
     lst = db.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
     if lst is None:
         return f"550 5.1.1 <{recipient}>: no such list"
-    if rcpt.kind == BOUNCES:
-        return DUNNO  # bounces come from anyone, the null sender included
+    if rcpt.kind != POST:
+        return DUNNO  # bounce, request and owner addresses take mail from anyone
     sender = request.get("sender", "")
     if not sender:
         return f"550 5.7.1 <{recipient}>: a list does not take mail from the null sender"

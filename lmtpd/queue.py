@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from . import dsn
 from .config import Config, QueueConfig
 from .dsn import status_of
-from .lists import read_headers, split_message, verp_sender
+from .lists import outgoing_copy, read_headers, split_message, verp_sender
 
 SENT, PENDING, FAILED, HELD = "sent", "pending", "failed", "held"
 
@@ -147,7 +147,7 @@ def claim(
     limit: int,
     queue_id: str | None = None,
     verp: bool = True,
-) -> tuple[list[Delivery], dict[int, tuple[bytes, str]]]:
+) -> tuple[list[Delivery], dict[int, bytes]]:
     """Lease up to ``limit`` due copies (of one message, if given); with each post's content."""
     only = ""
     params: tuple = (owner, now + lease, now, now)
@@ -172,7 +172,7 @@ def claim(
     marks = ",".join("?" * len(post_ids))
     posts = db.execute(
         f"""
-        SELECT p.id, p.sender, p.list_headers, p.list_name, p.kind, m.raw, m.queue_id
+        SELECT p.id, p.sender, p.list_headers, p.headers, p.list_name, p.kind, m.raw, m.queue_id
           FROM posts p JOIN messages m ON m.id = p.message_id
          WHERE p.id IN ({marks})
         """,
@@ -193,8 +193,15 @@ def claim(
         )
         for r in sorted(rows, key=lambda r: r["id"])
     ]
-    content = {p["id"]: (bytes(p["raw"]), p["list_headers"]) for p in posts}
-    return deliveries, content
+    copies = {p["id"]: copy_of(bytes(p["raw"]), p["headers"], p["list_headers"]) for p in posts}
+    return deliveries, copies
+
+
+def copy_of(raw: bytes, headers: bytes | None, list_headers: str) -> bytes:
+    """What goes out: the post's stored copy header block and the body as it came."""
+    if headers is None:  # posts stored before copies had their own header block
+        return outgoing_copy(raw, list_headers)
+    return bytes(headers) + split_message(raw)[1]
 
 
 def next_state(

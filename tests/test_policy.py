@@ -78,7 +78,9 @@ async def test_decisions_several_requests_on_one_connection(policy):
         ("", "youth-bounces@myclub.org", "DUNNO"),
         ("", "youth-bounces+bob=example.net@myclub.org", "DUNNO"),
         ("mailer-daemon@example.org", "chess-bounces@myclub.org", "550 5.1.1"),
-        ("anna@example.net", "youth-request@myclub.org", "550 5.1.1"),
+        ("anna@example.net", "youth-request@myclub.org", "DUNNO"),  # forwarded to the owner
+        ("stranger@example.org", "youth-owner@myclub.org", "DUNNO"),
+        ("anna@example.net", "chess-request@myclub.org", "550 5.1.1"),
         ("stranger@example.org", "someone@example.com", "DUNNO"),
     ]
     for sender, recipient, expected in cases:
