@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import aiosqlite
@@ -20,7 +21,7 @@ import click
 
 from . import bounce_admin, bounces, queue, queue_admin, roster
 from .config import Config, ConfigError, config_path, load
-from .copies import SigningError
+from .copies import SigningError, dns_record
 from .daemon import ListenError, Service
 from .delivery import Worker
 from .store import SchemaError, StoreError, Writer, connect_sync, open_database, transaction, upgrade
@@ -184,6 +185,21 @@ def lists_group() -> None:
     default=None,
     help="Sender authentication a post needs (default: [auth] require).",
 )
+@click.option("--prefix", "subject_prefix", default=None, help='Subject prefix (default "[NAME]"; "" for none).')
+@click.option(
+    "--reply-to",
+    default="poster",
+    show_default=True,
+    help='"poster" (leave Reply-To as posted), "list", or an address.',
+)
+@click.option(
+    "--dmarc-mitigation",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Rewrite From to the list when the author's domain has a strict DMARC policy (auto), always, or never.",
+)
+@click.option("--archive", "archive_url", default="", help="URL for List-Archive.")
 @click.option(
     "--posts-per-day",
     type=click.IntRange(min=0),
@@ -192,13 +208,35 @@ def lists_group() -> None:
 )
 @pass_state
 def lists_add(
-    state: State, name: str, description: str, posters: str, auth_require: str | None, posts_per_day: int | None
+    state: State,
+    name: str,
+    description: str,
+    posters: str,
+    auth_require: str | None,
+    subject_prefix: str | None,
+    reply_to: str,
+    dmarc_mitigation: str,
+    archive_url: str,
+    posts_per_day: int | None,
 ) -> None:
     """Create list NAME (its address is NAME@domain)."""
     now = time.time()
     state.run(
         lambda db: transaction(
-            db, lambda db: roster.add_list(db, name, description, posters, posts_per_day, now, auth_require)
+            db,
+            lambda db: roster.add_list(
+                db,
+                name,
+                description,
+                posters,
+                posts_per_day,
+                now,
+                auth_require,
+                subject_prefix,
+                reply_to,
+                dmarc_mitigation,
+                archive_url,
+            ),
         )
     )
     click.echo(f"list {name.lower()}@{state.config.domain} created")
@@ -345,15 +383,19 @@ def queue_group() -> None:
     "--state",
     "states",
     multiple=True,
-    type=click.Choice(["pending", "held", "failed", "sent", "all"]),
-    help="Only copies in this state (repeatable; default: pending, held, failed).",
+    type=click.Choice(["pending", "held", "failed", "sent", "dropped", "all"]),
+    help="Only copies in this state (repeatable; default: pending, held, failed); dropped: posts not sent.",
 )
 @click.option("--list", "list_name", metavar="NAME", help="Only copies of posts to this list.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def queue_list(state: State, states: tuple[str, ...], list_name: str | None, as_json: bool) -> None:
     """One line per copy: queue id, recipient, state, attempts, next attempt, last reply."""
-    wanted = queue_admin.STATES if "all" in states else (states or (queue.PENDING, queue.HELD, queue.FAILED))
+    wanted = (
+        (*queue_admin.STATES, queue_admin.DROPPED)
+        if "all" in states
+        else (states or (queue.PENDING, queue.HELD, queue.FAILED))
+    )
     rows = state.run(lambda db: queue_admin.listing(db, tuple(wanted), list_name))
     emit(
         rows,
@@ -490,6 +532,49 @@ def queue_stats(state: State, as_json: bool) -> None:
     click.echo(f"oldest unsent: {age} s" if age is not None else "oldest unsent: -")
     for domain, n in info["destinations"].items():
         click.echo(f"  {domain}  {n}")
+
+
+# --------------------------------------------------------------------- dkim
+
+
+@main.group("dkim")
+def dkim_group() -> None:
+    """The key that signs the lists' copies."""
+
+
+@dkim_group.command("keygen")
+@click.option("--selector", default=None, help="Selector (default: [dkim] selector, else a date).")
+@click.option("--bits", type=click.IntRange(1024, 4096), default=2048, show_default=True)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to write the private key (default: [dkim] key_file).",
+)
+@pass_state
+def dkim_keygen(state: State, selector: str | None, bits: int, out: str | None) -> None:
+    """Make a key pair, write the private key (mode 0600) and print the DNS record."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    cfg = state.config
+    selector = selector or cfg.dkim.selector or time.strftime("lmtpd%Y%m")
+    path = Path(out) if out else cfg.dkim.key_file
+    if path is None:
+        fail("give --out PATH or set [dkim] key_file", os.EX_USAGE)
+    if path.exists():
+        fail(f"{path} exists; not overwriting a key", os.EX_CANTCREAT)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    click.echo(f'private key written to {path}; publish this record, then set [dkim] selector = "{selector}":')
+    click.echo(dns_record(selector, cfg.domain, public))
 
 
 # ------------------------------------------------------------------ bounces

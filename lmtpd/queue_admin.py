@@ -16,6 +16,7 @@ from .queue import FAILED, HELD, OF_MESSAGE, PENDING, SENT, isotime
 from .store import fetchall, fetchone
 
 STATES = (PENDING, HELD, FAILED, SENT)
+DROPPED = "dropped"  # not a copy's state: a post accepted but not sent (loop, automatic mail)
 
 
 class QueueError(Exception):
@@ -56,7 +57,31 @@ async def listing(
         where.append("p.list_name = ?")
         params.append(list_name.lower())
     rows = await fetchall(db, f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY m.arrived_at, m.queue_id, d.id", params)
-    return [_delivery(r) for r in rows]
+    found = [_delivery(r) for r in rows]
+    if DROPPED in states:
+        found += await dropped(db, list_name)
+    return found
+
+
+async def dropped(db: aiosqlite.Connection, list_name: str | None = None) -> list[dict]:
+    """Posts accepted but not sent, one entry each, with the reason."""
+    sql = (
+        "SELECT m.queue_id, m.arrived_at, m.mail_from, p.list_name, p.dropped FROM posts p "
+        "JOIN messages m ON m.id = p.message_id WHERE p.dropped != ''"
+    )
+    params: tuple = ()
+    if list_name:
+        sql += " AND p.list_name = ?"
+        params = (list_name.lower(),)
+    rows = await fetchall(db, sql + " ORDER BY m.arrived_at", params)
+    return [
+        {
+            "queue_id": r["queue_id"], "delivery_id": None, "list": r["list_name"], "recipient": "",
+            "state": DROPPED, "attempts": 0, "next_attempt": None, "last_attempt": None,
+            "last_reply": r["dropped"], "status": "", "remote_mta": "", "tls": "", "arrived": isotime(r["arrived_at"]),
+        }
+        for r in rows
+    ]  # fmt: skip
 
 
 async def _message(db: aiosqlite.Connection, queue_id: str) -> sqlite3.Row:

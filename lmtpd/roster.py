@@ -53,14 +53,31 @@ async def add_list(
     posts_per_day: int | None,
     now: float,
     auth_require: str | None = None,
+    subject_prefix: str | None = None,
+    reply_to: str = "poster",
+    dmarc_mitigation: str = "auto",
+    archive_url: str = "",
 ) -> None:
     name = check_list_name(name)
+    if reply_to not in ("poster", "list"):
+        reply_to = check_address(reply_to)
     if await find_list(db, name):
         raise RosterError(f"list {name} exists already")
     await db.execute(
-        "INSERT INTO lists (name, description, posters, posts_per_day, created_at, auth_require) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (name, description, posters, posts_per_day, now, auth_require),
+        "INSERT INTO lists (name, description, posters, posts_per_day, created_at, auth_require, subject_prefix, "
+        "reply_to, dmarc_mitigation, archive_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            name,
+            description,
+            posters,
+            posts_per_day,
+            now,
+            auth_require,
+            subject_prefix,
+            reply_to,
+            dmarc_mitigation,
+            archive_url,
+        ),
     )
 
 
@@ -74,7 +91,8 @@ async def all_lists(db: aiosqlite.Connection) -> list[dict]:
     rows = await fetchall(
         db,
         """
-        SELECT l.name, l.description, l.posters, l.posts_per_day, l.auth_require,
+        SELECT l.name, l.description, l.posters, l.posts_per_day, l.auth_require, l.subject_prefix, l.reply_to,
+               l.dmarc_mitigation, l.archive_url,
                (SELECT count(*) FROM memberships ms JOIN members m ON m.id = ms.member_id
                  WHERE ms.list_id = l.id AND m.active = 1) AS members
           FROM lists l ORDER BY l.name
