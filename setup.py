@@ -21,9 +21,11 @@ setup(
         "dkimpy>=1.1",  # DKIM verification (and later signing)
         "pyspf>=2.0.14",  # SPF evaluation
         "publicsuffixlist>=1.0",  # organizational domains for alignment, list shipped in the package
+        "flufl.bounce>=4.0",  # reading bounces that are not RFC 3464 reports
+        "cryptography>=41",  # `lmtpd dkim keygen`
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-asyncio>=0.24", "trustme>=1.1", "cryptography", "flufl.bounce>=4.0", "ruff"],
+        "test": ["pytest>=8", "pytest-asyncio>=0.24", "trustme>=1.1", "ruff"],
     },
     entry_points={"console_scripts": ["lmtpd = lmtpd.cli:run"]},
     classifiers=[
