@@ -76,7 +76,7 @@ async def make_club(config: Path, members: int) -> None:
     db = await open_database(cfg.database)
 
     async def fill(db):
-        await roster.add_list(db, "members", "Benchmark list", "club", None, 0)
+        await roster.add_list(db, "members", 0)
         for i in range(members):
             await roster.add_member(db, f"m{i:02d}@example.net", f"Member {i}", ["members"], 0, cfg.domain)
 

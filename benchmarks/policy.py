@@ -43,7 +43,7 @@ async def make_club(config: Path) -> None:
     db = await open_database(cfg.database)
 
     async def fill(db):
-        await roster.add_list(db, "youth", "", "club", None, 0)
+        await roster.add_list(db, "youth", 0)
         for i in range(200):
             await roster.add_member(db, f"m{i:03d}@example.net", "", ["youth"], 0, cfg.domain)
 

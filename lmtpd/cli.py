@@ -207,38 +207,10 @@ def lists_group() -> None:
     help="Daily limit per member for this list (default: [limits] posts_per_day).",
 )
 @pass_state
-def lists_add(
-    state: State,
-    name: str,
-    description: str,
-    posters: str,
-    auth_require: str | None,
-    subject_prefix: str | None,
-    reply_to: str,
-    dmarc_mitigation: str,
-    archive_url: str,
-    posts_per_day: int | None,
-) -> None:
+def lists_add(state: State, name: str, **settings: Any) -> None:
     """Create list NAME (its address is NAME@domain)."""
     now = time.time()
-    state.run(
-        lambda db: transaction(
-            db,
-            lambda db: roster.add_list(
-                db,
-                name,
-                description,
-                posters,
-                posts_per_day,
-                now,
-                auth_require,
-                subject_prefix,
-                reply_to,
-                dmarc_mitigation,
-                archive_url,
-            ),
-        )
-    )
+    state.run(lambda db: transaction(db, lambda db: roster.add_list(db, name, now, roster.ListSettings(**settings))))
     click.echo(f"list {name.lower()}@{state.config.domain} created")
 
 

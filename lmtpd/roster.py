@@ -45,20 +45,23 @@ def check_address(address: str) -> str:
 # -------------------------------------------------------------------- lists
 
 
-async def add_list(
-    db: aiosqlite.Connection,
-    name: str,
-    description: str,
-    posters: str,
-    posts_per_day: int | None,
-    now: float,
-    auth_require: str | None = None,
-    subject_prefix: str | None = None,
-    reply_to: str = "poster",
-    dmarc_mitigation: str = "auto",
-    archive_url: str = "",
-) -> None:
+@dataclass(frozen=True)
+class ListSettings:
+    """How a list behaves; the defaults are what ``lists add NAME`` gives."""
+
+    description: str = ""
+    posters: str = "club"  # any active club member, or "list": only the list's members
+    posts_per_day: int | None = None  # None: [limits] posts_per_day
+    auth_require: str | None = None  # None: [auth] require
+    subject_prefix: str | None = None  # None: "[name]"
+    reply_to: str = "poster"
+    dmarc_mitigation: str = "auto"
+    archive_url: str = ""
+
+
+async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: ListSettings = ListSettings()) -> None:
     name = check_list_name(name)
+    reply_to = settings.reply_to
     if reply_to not in ("poster", "list"):
         reply_to = check_address(reply_to)
     if await find_list(db, name):
@@ -67,18 +70,10 @@ async def add_list(
         "INSERT INTO lists (name, description, posters, posts_per_day, created_at, auth_require, subject_prefix, "
         "reply_to, dmarc_mitigation, archive_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            name,
-            description,
-            posters,
-            posts_per_day,
-            now,
-            auth_require,
-            subject_prefix,
-            reply_to,
-            dmarc_mitigation,
-            archive_url,
+            name, settings.description, settings.posters, settings.posts_per_day, now, settings.auth_require,
+            settings.subject_prefix, reply_to, settings.dmarc_mitigation, settings.archive_url,
         ),
-    )
+    )  # fmt: skip
 
 
 async def remove_list(db: aiosqlite.Connection, name: str) -> None:

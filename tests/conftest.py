@@ -95,8 +95,8 @@ async def populate(cfg: Config, members: dict = MEMBERS) -> None:
     db = await open_database(cfg.database)
 
     async def fill(db):
-        await roster.add_list(db, "youth", "Youth section", "club", None, 0)
-        await roster.add_list(db, "trainers", "", "list", None, 0)
+        await roster.add_list(db, "youth", 0, roster.ListSettings(description="Youth section"))
+        await roster.add_list(db, "trainers", 0, roster.ListSettings(posters="list"))
         for address, (name, lists) in members.items():
             await roster.add_member(db, address, name, lists, 0, cfg.domain)
 

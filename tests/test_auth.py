@@ -77,8 +77,8 @@ async def club(short_dir: Path, sink: Sink, clock: Clock, keys) -> AsyncIterator
     }
     await populate(cfg, members)
     db = await open_database(cfg.database)
-    await transaction(db, lambda db: roster.add_list(db, "open", "", "club", None, 0, "none"))
-    await transaction(db, lambda db: roster.add_list(db, "social", "", "club", None, 0, "dmarc"))
+    await transaction(db, lambda db: roster.add_list(db, "open", 0, roster.ListSettings(auth_require="none")))
+    await transaction(db, lambda db: roster.add_list(db, "social", 0, roster.ListSettings(auth_require="dmarc")))
     await db.close()
     svc = Service(cfg, clock)
     await svc.start()

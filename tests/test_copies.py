@@ -135,7 +135,7 @@ async def copy_for(tmp_path: Path, port: int, key_file: Path, mitigation: str, p
     cfg = load(config)
     await populate(cfg, {"sam@strict.example": ("Sam", [])})
     db = await open_database(cfg.database)
-    await transaction(db, lambda db: roster.add_list(db, "club", "", "club", None, 0, None, None, "poster", mitigation))
+    await transaction(db, lambda db: roster.add_list(db, "club", 0, roster.ListSettings(dmarc_mitigation=mitigation)))
     await db.close()
     await post_with_signer(cfg, post, ["club@myclub.org"], "sam@strict.example")
     conn = connect_sync(cfg.database)

@@ -32,7 +32,7 @@ async def test_kill_9_during_flush_loses_no_copy(tmp_path, sink: Sink):
     db = await open_database(cfg.database)
 
     async def fill(db):
-        await roster.add_list(db, "youth", "", "club", None, 0)
+        await roster.add_list(db, "youth", 0)
         for i in range(MEMBERS):
             await roster.add_member(db, f"m{i:03d}@example.net", "", ["youth"], 0, cfg.domain)
 
