@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -154,6 +155,7 @@ class Checker:
     def __init__(self, resolver: dns.resolver.Resolver, timeout: float = 10.0):
         self.resolver = resolver
         self.timeout = timeout
+        self._dmarc: dict[str, tuple[float, bool | None]] = {}  # domain -> (expires, answer)
         # pyspf asks DNS through one module-level hook; point it at our resolver so SPF
         # sees the same DNS as everything else ([dns] nameservers, in tests a local server)
         spf.DNSLookup = self._spf_lookup
@@ -228,8 +230,28 @@ class Checker:
             spf_result, spf_domain = self._spf(received_client(raw), mail_from)
         return Result(dkim_result, dkim_domain, spf_result, spf_domain)
 
-    def dmarc_enforced(self, from_domain: str) -> bool | None:
+    DMARC_TTL = 3600.0  # a club's posts come from few domains: ask DNS once an hour
+    DMARC_FAILURE_TTL = 60.0
+
+    def cached_dmarc(self, from_domain: str, now: float) -> tuple[bool, bool | None]:
+        """(known, answer) without asking DNS: callers skip the thread hop on a hit."""
+        expires, answer = self._dmarc.get(from_domain.lower(), (0.0, None))
+        return (expires > now, answer)
+
+    def dmarc_enforced(self, from_domain: str, now: float | None = None) -> bool | None:
         """Does the author's domain ask receivers to act on failures? None: lookup failed."""
+        now = time.monotonic() if now is None else now
+        known, answer = self.cached_dmarc(from_domain, now)
+        if known:
+            return answer
+        answer = self._dmarc_lookup(from_domain)
+        ttl = self.DMARC_TTL if answer is not None else self.DMARC_FAILURE_TTL
+        if len(self._dmarc) > 10000:
+            self._dmarc.clear()
+        self._dmarc[from_domain.lower()] = (now + ttl, answer)
+        return answer
+
+    def _dmarc_lookup(self, from_domain: str) -> bool | None:
         for name in dict.fromkeys((from_domain, org_domain(from_domain))):
             try:
                 record = self._txt(f"_dmarc.{name}")

@@ -343,6 +343,9 @@ class IngestHandler:
     async def _dmarc_enforced(self, domain: str) -> bool | None:
         if self.checker is None:
             return None
+        known, answer = self.checker.cached_dmarc(domain, time.monotonic())
+        if known:
+            return answer
         return await asyncio.to_thread(self.checker.dmarc_enforced, domain)
 
     async def prepare_copies(self, raw: bytes, headers: HeaderInfo, lists: list[sqlite3.Row]) -> dict[str, bytes]:
