@@ -174,9 +174,8 @@ def _store_post(
     """The post row for one list, and (unless dropped) one queued copy per active member."""
     cur = db.execute(
         """
-        INSERT INTO posts (message_id, list_id, list_name, member_id, sender, list_headers, accepted_at,
-                           headers, dropped)
-        VALUES (?, ?, ?, ?, ?, '', ?, ?, ?)
+        INSERT INTO posts (message_id, list_id, list_name, member_id, sender, accepted_at, headers, dropped)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
         """,
         (
             message_id, lst["id"], lst["name"], member["id"] if member else None,

@@ -12,9 +12,6 @@ from dataclasses import dataclass
 from email.header import Header, decode_header, make_header
 from email.utils import getaddresses
 
-# Headers this list writes itself; an incoming copy of any of them is dropped.
-LIST_HEADERS = ("list-id", "list-post")
-
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
@@ -243,22 +240,3 @@ def drop_reason(headers: HeaderInfo, name: str, domain: str, max_received: int) 
     if headers.autoreply or VACATION_SUBJECT.match(headers.subject):
         return "automatic mail: a vacation reply"
     return ""
-
-
-def list_header_lines(name: str, description: str, domain: str) -> str:
-    """The header fields every copy of this list's posts carries, CRLF-terminated."""
-    return f"List-Id: {list_id_value(name, description, domain)}\r\nList-Post: <mailto:{name}@{domain}>\r\n"
-
-
-def outgoing_copy(raw: bytes, list_headers: str) -> bytes:
-    """The copy a member receives: our list headers first, incoming ones removed.
-
-    Only the header block changes; the body bytes are passed through as they are.
-    """
-    block, rest = split_message(raw)
-    newline = b"\r\n" if (block or rest).find(b"\r\n") >= 0 else b"\n"
-    ours = list_headers.encode("utf-8").replace(b"\r\n", newline)
-    kept = b"".join(f for f in header_fields(block) if field_name(f) not in LIST_HEADERS)
-    if not rest:
-        rest = newline  # a message with no body still ends its header block
-    return ours + kept + rest

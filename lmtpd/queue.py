@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from . import dsn
 from .config import Config, QueueConfig
 from .dsn import status_of
-from .lists import outgoing_copy, read_headers, split_message, verp_sender
+from .lists import read_headers, split_message, verp_sender
 
 SENT, PENDING, FAILED, HELD = "sent", "pending", "failed", "held"
 
@@ -172,7 +172,7 @@ def claim(
     marks = ",".join("?" * len(post_ids))
     posts = db.execute(
         f"""
-        SELECT p.id, p.sender, p.list_headers, p.headers, p.list_name, p.kind, m.raw, m.queue_id
+        SELECT p.id, p.sender, p.headers, p.list_name, p.kind, m.raw, m.queue_id
           FROM posts p JOIN messages m ON m.id = p.message_id
          WHERE p.id IN ({marks})
         """,
@@ -193,14 +193,17 @@ def claim(
         )
         for r in sorted(rows, key=lambda r: r["id"])
     ]
-    copies = {p["id"]: copy_of(bytes(p["raw"]), p["headers"], p["list_headers"]) for p in posts}
+    copies = {p["id"]: copy_of(bytes(p["raw"]), p["headers"]) for p in posts}
     return deliveries, copies
 
 
-def copy_of(raw: bytes, headers: bytes | None, list_headers: str) -> bytes:
-    """What goes out: the post's stored copy header block and the body as it came."""
-    if headers is None:  # posts stored before copies had their own header block
-        return outgoing_copy(raw, list_headers)
+def copy_of(raw: bytes, headers: bytes | None) -> bytes:
+    """What goes out: the post's copy header block and the body as it came.
+
+    Reports and forwards have no header block of their own: they go out as they are.
+    """
+    if headers is None:
+        return raw
     return bytes(headers) + split_message(raw)[1]
 
 
@@ -323,8 +326,7 @@ def enqueue_report(
         (queue_id, sender, subject, len(report), report, now),
     )
     cur = db.execute(
-        "INSERT INTO posts (message_id, list_name, sender, list_headers, accepted_at, kind) "
-        "VALUES (?, ?, '', '', ?, 'report')",
+        "INSERT INTO posts (message_id, list_name, sender, accepted_at, kind) VALUES (?, ?, '', ?, 'report')",
         (cur.lastrowid, list_name, now),
     )
     db.execute(

@@ -9,3 +9,5 @@ ALTER TABLE lists ADD COLUMN archive_url TEXT NOT NULL DEFAULT '';
 
 ALTER TABLE posts ADD COLUMN headers BLOB;                            -- the copies' header block
 ALTER TABLE posts ADD COLUMN dropped TEXT NOT NULL DEFAULT '';        -- why it was not sent
+-- the list headers alone, which posts.headers replaces
+ALTER TABLE posts DROP COLUMN list_headers;

@@ -40,7 +40,7 @@ def test_golden_header_blocks_and_untouched_bodies(name: str, mitigate: bool):
     headers = copy_headers(block, STYLE, mitigate)
     golden = GOLDEN / f"{name}{'.mitigated' if mitigate else ''}.headers"
     assert headers == golden.read_bytes()
-    copy = copy_of(raw, headers, "")
+    copy = copy_of(raw, headers)
     assert copy.endswith(body) and copy == headers + body  # the body, byte for byte
     msg = message_from_bytes(copy)
     for gone in ("Return-Path", "Delivered-To", "X-Original-To", "Bcc"):
@@ -141,7 +141,7 @@ async def copy_for(tmp_path: Path, port: int, key_file: Path, mitigation: str, p
     conn = connect_sync(cfg.database)
     row = conn.execute("SELECT m.raw, p.headers FROM posts p JOIN messages m ON m.id = p.message_id").fetchone()
     conn.close()
-    return copy_of(bytes(row[0]), row[1], "")
+    return copy_of(bytes(row[0]), row[1])
 
 
 async def post_with_signer(cfg: Config, data: bytes, rcpts: list[str], sender: str) -> list[str]:
