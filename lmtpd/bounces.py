@@ -228,7 +228,7 @@ def _process_one(db: sqlite3.Connection, bounce_id: int, cfg: Config, now: float
     if row is None:
         return None
     reading = read_bounce(bytes(row["raw"]))
-    address = verp_recipient(row["extension"])
+    address = verp_recipient(row["extension"], cfg.bounces.verp_delimiters)
     member = db.execute(FIND_MEMBER, (address,)).fetchone() if address else None
     if member is None:  # no VERP: a report that names exactly one member will do
         named = [db.execute(FIND_MEMBER, (a,)).fetchone() for a in reading.recipients]

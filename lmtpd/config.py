@@ -93,6 +93,7 @@ class BouncesConfig:
     threshold: int = 5  # points (at most one a day) before a member's delivery is disabled
     stale_after_days: int = 7  # a score resets after this many days without a bounce
     verp: bool = True  # encode each copy's recipient in its envelope sender
+    verp_delimiters: str = "+="  # as Postfix's: recipient_delimiter, then the member's "@"
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,11 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         threshold=bounces.integer("threshold", BouncesConfig.threshold, low=1),
         stale_after_days=bounces.integer("stale_after_days", BouncesConfig.stale_after_days, low=1),
         verp=bounces.boolean("verp", BouncesConfig.verp),
+        verp_delimiters=bounces.string("verp_delimiters", BouncesConfig.verp_delimiters),
     )
+    d = bounces_cfg.verp_delimiters
+    if len(d) != 2 or d[0] == d[1] or any(c.isalnum() or c in '@.<> "-' for c in d):
+        raise ConfigError(f"[bounces] verp_delimiters: expected two different punctuation characters, got {d!r}")
     bounces.done()
     key_file = dkim_section.string("key_file", "")
     dkim_cfg = DkimConfig(

@@ -56,6 +56,7 @@ class Worker:
         self.resolver = resolver or (None if self.smarthost else make_resolver(cfg.dns.nameservers, cfg.dns.timeout))
         self.contexts = tls_contexts(str(relay.tls_ca_file) if relay.tls_ca_file else None)
         self.slots = asyncio.Semaphore(relay.connections)
+        self.verp = cfg.bounces.verp_delimiters if cfg.bounces.verp else ""
         self.idle: dict[str, list[Session]] = {}  # destination -> sessions kept open
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -113,7 +114,7 @@ class Worker:
         now = self.clock()
         batch = self.cfg.relay.batch
         deliveries, copies = await self.writer.submit(
-            lambda db: queue.claim(db, self.owner, now, self.cfg.queue.lease, batch, queue_id, self.cfg.bounces.verp)
+            lambda db: queue.claim(db, self.owner, now, self.cfg.queue.lease, batch, queue_id, self.verp)
         )
         if not deliveries:
             return Counter()

@@ -76,7 +76,7 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
     copies = 0
     day = date.fromtimestamp(post.arrived_at).isoformat()
     for address in post.recipients:
-        rcpt, refusal = parse_recipient(address, cfg.domain)
+        rcpt, refusal = parse_recipient(address, cfg.domain, cfg.bounces.verp_delimiters[0])
         lst = db.execute(FIND_LIST, (rcpt.list_name,)).fetchone() if rcpt else None
         if rcpt and lst is None:
             refusal = f"550 5.1.1 <{address}>: no such list"
@@ -260,7 +260,7 @@ class IngestHandler:
     async def handle_RCPT(
         self, server: LMTPServer, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        rcpt, refusal = parse_recipient(address, self.cfg.domain)
+        rcpt, refusal = parse_recipient(address, self.cfg.domain, self.cfg.bounces.verp_delimiters[0])
         if rcpt is None:
             return refusal
         try:  # an indexed read in WAL mode: microseconds, never waits for writers
@@ -308,7 +308,7 @@ class IngestHandler:
         """The lists this message is posted to (not bounces or requests), once each."""
         found: dict[str, sqlite3.Row] = {}
         for address in rcpts:
-            rcpt, _ = parse_recipient(address, self.cfg.domain)
+            rcpt, _ = parse_recipient(address, self.cfg.domain, self.cfg.bounces.verp_delimiters[0])
             if rcpt and rcpt.kind == POST and rcpt.list_name not in found:
                 lst = self.reader.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
                 if lst is not None:

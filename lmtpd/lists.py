@@ -46,22 +46,28 @@ class Recipient:
     extension: str = ""  # after "+": the VERP-encoded member on a bounce address
 
 
-def parse_recipient(address: str, domain: str) -> tuple[Recipient | None, str]:
-    """(the address's meaning, or the refusal that says why it has none here)."""
+def parse_recipient(address: str, domain: str, delimiter: str = "+") -> tuple[Recipient | None, str]:
+    """(the address's meaning, or the refusal that says why it has none here).
+
+    ``delimiter`` separates an extension (``youth-bounces+bob=example.net``), as
+    Postfix's recipient_delimiter does.
+    """
     local, at, dom = address.rpartition("@")
     if not at or not local:
         return None, f"550 5.1.3 <{address}>: bad recipient address syntax"
     if dom.lower().rstrip(".") != domain:
         return None, f"550 5.1.2 <{address}>: this server only accepts mail for {domain}"
-    base, _, extension = local.lower().partition("+")
+    base, _, extension = local.lower().partition(delimiter)
     for suffix, kind in SUFFIXES.items():
         if base.endswith(suffix) and len(base) > len(suffix):
             return Recipient(kind, base[: -len(suffix)], extension), ""
     return Recipient(POST, base, extension), ""
 
 
-def verp_sender(bounce_address: str, recipient: str) -> str:
+def verp_sender(bounce_address: str, recipient: str, delimiters: str = "+=") -> str:
     """``youth-bounces@myclub.org`` for ``bob@example.net`` -> ``youth-bounces+bob=example.net@myclub.org``.
+
+    ``delimiters``: the extension delimiter and the one that stands for the member's "@".
 
     A bounce then names the member by the address it comes back to, whatever the
     reporting server wrote (or failed to write) in it.
@@ -70,12 +76,12 @@ def verp_sender(bounce_address: str, recipient: str) -> str:
         return bounce_address  # the null sender of lmtpd's own reports stays null
     local, _, domain = bounce_address.rpartition("@")
     member_local, _, member_domain = recipient.rpartition("@")
-    return f"{local}+{member_local}={member_domain}@{domain}"
+    return f"{local}{delimiters[0]}{member_local}{delimiters[1]}{member_domain}@{domain}"
 
 
-def verp_recipient(extension: str) -> str | None:
+def verp_recipient(extension: str, delimiters: str = "+=") -> str | None:
     """The member address a VERP extension (``bob=example.net``) encodes."""
-    local, eq, domain = extension.rpartition("=")
+    local, eq, domain = extension.rpartition(delimiters[1])
     return f"{local}@{domain}" if eq and local and domain else None
 
 

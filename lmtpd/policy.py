@@ -39,7 +39,7 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     if request.get("request") != "smtpd_access_policy" or request.get("protocol_state", "RCPT") != "RCPT":
         return DUNNO
     recipient = request.get("recipient", "")
-    rcpt, refusal = parse_recipient(recipient, cfg.domain)
+    rcpt, refusal = parse_recipient(recipient, cfg.domain, cfg.bounces.verp_delimiters[0])
     if rcpt is None or recipient.lower() == cfg.admin.lower():
         return DUNNO  # not ours (or the administrator's): Postfix's own rules decide
     lst = db.execute(FIND_LIST, (rcpt.list_name,)).fetchone()

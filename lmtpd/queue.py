@@ -146,9 +146,12 @@ def claim(
     lease: float,
     limit: int,
     queue_id: str | None = None,
-    verp: bool = True,
+    verp: str = "+=",
 ) -> tuple[list[Delivery], dict[int, bytes]]:
-    """Lease up to ``limit`` due copies (of one message, if given); with each post's content."""
+    """Lease up to ``limit`` due copies (of one message, if given), with each post's copy.
+
+    ``verp``: the VERP delimiters for the copies' envelope senders, "" for none.
+    """
     only = ""
     params: tuple = (owner, now + lease, now, now)
     if queue_id is not None:
@@ -185,7 +188,7 @@ def claim(
             queue_id=by_post[r["post_id"]]["queue_id"],
             post_id=r["post_id"],
             recipient=r["recipient"],
-            sender=verp_sender(by_post[r["post_id"]]["sender"], r["recipient"])
+            sender=verp_sender(by_post[r["post_id"]]["sender"], r["recipient"], verp)
             if verp
             else by_post[r["post_id"]]["sender"],
             attempts=r["attempts"],

@@ -242,3 +242,21 @@ async def test_two_runs_at_once_process_each_bounce_once(club: Club):
     rows = club.bounce_rows()
     assert all(r["processed_at"] is not None for r in rows)
     assert club.member("bob@example.net")["bounce_score"] == 1  # all on one day: one point
+
+
+async def test_verp_delimiters_are_configurable(tmp_path, clock: Clock):
+    config = write_config(tmp_path, "127.0.0.1:8024", 1, extra='[bounces]\nverp_delimiters = "+%"\n')
+    cfg = load(config)
+    await populate(cfg, MEMBERS)
+    assert (
+        verp_sender("youth-bounces@myclub.org", "bob@example.net", "+%") == "youth-bounces+bob%example.net@myclub.org"
+    )
+    c = Club(cfg, clock)
+    await c.receive("postfix_user_unknown.eml", to="youth-bounces+bob%example.net@myclub.org")
+    report = c.process()
+    assert report.counts == {"permanent": 1}
+    assert c.bounce_rows()[0]["address"] == "bob@example.net"
+    c.db.close()
+    bad = write_config(tmp_path, "127.0.0.1:8024", 1, extra='[bounces]\nverp_delimiters = "-="\n')
+    with pytest.raises(Exception, match="verp_delimiters"):
+        load(bad)
