@@ -35,7 +35,6 @@ from .lists import field_name, header_fields, split_message
 
 log = logging.getLogger(__name__)
 
-MODES = ("dkim-or-spf", "dmarc", "none")
 PASS, FAIL, NONE, TEMPERROR = "pass", "fail", "none", "temperror"
 
 

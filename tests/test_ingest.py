@@ -11,7 +11,7 @@ from lmtpd.config import Config
 from lmtpd.store import open_database, transaction
 
 from . import lmtpclient
-from .conftest import Sink, lmtp_target, message
+from .conftest import DATA, Sink, lmtp_target, message
 
 
 def rows(cfg: Config, sql: str, params=()) -> list[sqlite3.Row]:
@@ -289,3 +289,17 @@ async def test_bounces_are_stored_raw_from_anyone(service, club):
     assert stored[0]["mail_from"] == "" and bytes(stored[0]["raw"]) == dsn_body
     assert stored[0]["processed_at"] is None
     assert rows(club, "SELECT * FROM messages") == []
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.eml")))
+async def test_every_sample_gets_a_clear_answer(service, club, name):
+    """Malformed MIME, 8-bit and UTF-8 headers, bare LF, no or odd From: never a 451."""
+    raw = (DATA / name).read_bytes()
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"  # the end-of-data marker needs CRLF before it
+    t = await lmtpclient.send(lmtp_target(club), "bob@example.net", ["youth@myclub.org"], raw)
+    reply = t.data[0]
+    assert reply.startswith(("250 ", "550 5.6.0", "550 5.7.1")), reply
+    if reply.startswith("250"):
+        stored = rows(club, "SELECT raw FROM messages")
+        assert bytes(stored[0]["raw"]) == raw
