@@ -169,7 +169,8 @@ class Worker:
         todo = deque(items)
         limit = self.cfg.relay.connections if self.smarthost else self.cfg.relay.connections_per_destination
         lanes = min(limit, len(items))
-        await asyncio.gather(*(self._lane(dest, hosts, todo, copies, done) for _ in range(lanes)))
+        alive = [lanes]  # lanes still able to send: the last one to give up settles the rest
+        await asyncio.gather(*(self._lane(dest, hosts, todo, copies, done, alive) for _ in range(lanes)))
 
     async def _route(self, dest: str) -> list[Host]:
         if self.smarthost:
@@ -184,6 +185,7 @@ class Worker:
         todo: deque[queue.Delivery],
         copies: dict[int, bytes],
         done: Callable[[queue.Delivery, Outcome], None],
+        alive: list[int],
     ) -> None:
         """One session's worth of work: transactions until the destination's copies run out.
 
@@ -200,9 +202,11 @@ class Worker:
                 if session is None:
                     session, next_host, last_error = await self._open(hosts, next_host, last_error)
                     if session is None:
-                        while todo:  # nobody reachable now: the rest waits for the next attempt
-                            done(todo.popleft(), last_error)
-                        return
+                        alive[0] -= 1
+                        if alive[0] == 0:  # nobody can reach the destination now: next attempt
+                            while todo:
+                                done(todo.popleft(), last_error)
+                        return  # else the lanes that have a session take the rest
                 d = todo.popleft()
                 outcome = await session.send(d.sender, d.recipient, copies[d.post_id])
                 if outcome.session_failed:
@@ -217,6 +221,10 @@ class Worker:
                         last_error = outcome
                         continue
                 done(d, outcome)
+            alive[0] -= 1
+            if alive[0] == 0:  # copies handed back by a lane that broke off after the others ended
+                while todo:
+                    done(todo.popleft(), last_error)
             if session is not None and session.usable:
                 self.idle.setdefault(dest, []).append(session)
 

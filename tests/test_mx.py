@@ -335,3 +335,33 @@ async def test_smarthost_with_starttls_and_auth(tmp_path: Path, clock: Clock, ca
     assert {r["tls"] for r in rows.values()} == {"verified"}
     assert logins and all(ok_tls for *_, ok_tls in logins)
     assert {login for _, login, _, _ in logins} == {b"lists"}
+
+
+class OneSessionOnly(SMTP):
+    """A far end that takes one session at a time and turns others away with 421."""
+
+    active = 0
+
+    async def _handle_client(self):
+        if OneSessionOnly.active >= 1:
+            await self.push("421 4.7.0 too many connections from your host")
+            self.transport.close()
+            return
+        OneSessionOnly.active += 1
+        try:
+            await super()._handle_client()
+        finally:
+            OneSessionOnly.active -= 1
+
+
+async def test_a_lane_that_cannot_connect_leaves_its_copies_to_the_others(net: Net, clock: Clock):
+    members = {f"m{i}@busy.example": (f"M{i}", ["youth"]) for i in range(6)}
+    members["anna@example.net"] = ("Anna", ["youth"])
+    net.zone.add("busy.example", "MX", "10 mx.busy.example.")
+    net.zone.add("mx.busy.example", "A", "127.0.0.2")
+    sink = await net.mx("127.0.0.2", protocol=OneSessionOnly)
+    await net.club(members=members, relay_extra="connections_per_destination = 3")
+    rows = await net.post_and_deliver(clock)
+    busy = {a: r for a, r in rows.items() if a.endswith("@busy.example")}
+    assert {r["state"] for r in busy.values()} == {"sent"}  # one lane carried them all
+    assert len(sink.received) == 6 and sink.sessions == 1
