@@ -138,15 +138,19 @@ _RETRY = (
 
 
 async def retry(db: aiosqlite.Connection, queue_id: str | None, now: float) -> int:
-    """Failed copies (of one message, or all) are queued again, with a new lifetime."""
-    if queue_id is None:
-        return (await db.execute(_RETRY, (now, now))).rowcount
-    count = await _change(db, queue_id, _RETRY, (now, now))
+    """Failed copies (of one message, or all) are queued again, with a new lifetime.
+
+    Their posts may be reported again if the copies fail again.
+    """
+    scope, params = "", ()
+    if queue_id is not None:
+        scope, params = f" AND {OF_MESSAGE}", ((await _message(db, queue_id))["queue_id"],)
     await db.execute(
-        "UPDATE posts SET reported_at = NULL WHERE message_id = (SELECT id FROM messages WHERE queue_id = ?)",
-        (queue_id.upper(),),
+        "UPDATE posts SET reported_at = NULL "
+        f"WHERE id IN (SELECT post_id FROM deliveries WHERE state = 'failed'{scope})",
+        params,
     )
-    return count
+    return (await db.execute(_RETRY + scope, (now, now, *params))).rowcount
 
 
 async def delete(db: aiosqlite.Connection, queue_id: str) -> int:
