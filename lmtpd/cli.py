@@ -21,7 +21,7 @@ import click
 
 from . import bounce_admin, bounces, queue, queue_admin, roster
 from .config import Config, ConfigError, config_path, load
-from .copies import SigningError, dns_record
+from .copies import Signer, SigningError, dns_record
 from .daemon import ListenError, Service
 from .delivery import Worker
 from .store import SchemaError, StoreError, Writer, connect_sync, open_database, transaction, upgrade
@@ -116,8 +116,19 @@ def main(ctx: click.Context, config_file: str | None, verbose: int) -> None:
 @main.command("check-config")
 @pass_state
 def check_config(state: State) -> None:
-    """Validate the configuration file and exit."""
+    """Validate the configuration file (and the DKIM key it names) and exit."""
     cfg = state.config
+    if cfg.dkim.key_file is not None:
+        try:
+            Signer.from_file(cfg.domain, cfg.dkim.selector, cfg.dkim.key_file)
+        except SigningError as exc:
+            fail(f"config error: {cfg.source}: [dkim] key_file: {exc}", os.EX_CONFIG)
+    if cfg.admin.rpartition("@")[2] == cfg.domain:
+        click.echo(
+            f"lmtpd: warning: admin {cfg.admin} is in the club domain: Postfix must route it elsewhere "
+            "(transport_maps), or reports to it come back to lmtpd and are refused",
+            err=True,
+        )
     click.echo(f"{cfg.source}: OK (domain {cfg.domain}, LMTP on {cfg.lmtp.listen})")
 
 

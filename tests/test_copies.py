@@ -234,6 +234,13 @@ async def test_dkim_keygen_and_a_missing_key(tmp_path: Path):
     proc = await spawn_lmtpd(config, "dkim", "keygen", stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode != 0 and b"not overwriting" in err
+    proc = await spawn_lmtpd(config, "check-config", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0 and b"OK" in out and b"admin admin@myclub.org is in the club domain" in err
+    key.write_bytes(b"not a key")
+    proc = await spawn_lmtpd(config, "check-config", stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 78 and b"[dkim] key_file: DKIM key cannot sign" in err
     key.unlink()
     proc = await spawn_lmtpd(config, "serve", stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
