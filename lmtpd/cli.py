@@ -49,6 +49,10 @@ class State:
                 fail(f"config error: {exc}", os.EX_CONFIG)
         return self._config
 
+    def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Like :meth:`run`, inside one transaction."""
+        return self.run(lambda db: transaction(db, fn))
+
     def run(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], check: bool = True) -> T:
         """Open the database, run ``fn`` on it, close it; map failures to exit codes."""
         cfg = self.config
@@ -221,7 +225,7 @@ def lists_group() -> None:
 def lists_add(state: State, name: str, **settings: Any) -> None:
     """Create list NAME (its address is NAME@domain)."""
     now = time.time()
-    state.run(lambda db: transaction(db, lambda db: roster.add_list(db, name, now, roster.ListSettings(**settings))))
+    state.write(lambda db: roster.add_list(db, name, now, roster.ListSettings(**settings)))
     click.echo(f"list {name.lower()}@{state.config.domain} created")
 
 
@@ -230,7 +234,7 @@ def lists_add(state: State, name: str, **settings: Any) -> None:
 @pass_state
 def lists_remove(state: State, name: str) -> None:
     """Delete list NAME and its memberships (members stay in the club)."""
-    state.run(lambda db: transaction(db, lambda db: roster.remove_list(db, name)))
+    state.write(lambda db: roster.remove_list(db, name))
     click.echo(f"list {name.lower()} removed")
 
 
@@ -269,11 +273,7 @@ def members_group() -> None:
 def members_add(state: State, address: str, name: str, lists: tuple[str, ...]) -> None:
     """Add a member (or subscribe an existing one to more lists)."""
     now = time.time()
-    created, added = state.run(
-        lambda db: transaction(
-            db, lambda db: roster.add_member(db, address, name, list(lists), now, state.config.domain)
-        )
-    )
+    created, added = state.write(lambda db: roster.add_member(db, address, name, list(lists), now, state.config.domain))
     what = "added" if created else "updated"
     click.echo(f"{what} {roster.check_address(address)}" + (f"; subscribed to {', '.join(added)}" if added else ""))
 
@@ -284,7 +284,7 @@ def members_add(state: State, address: str, name: str, lists: tuple[str, ...]) -
 @pass_state
 def members_remove(state: State, address: str, lists: tuple[str, ...]) -> None:
     """Remove a member from the club, or only from the lists named."""
-    state.run(lambda db: transaction(db, lambda db: roster.remove_member(db, address, list(lists))))
+    state.write(lambda db: roster.remove_member(db, address, list(lists)))
     click.echo(f"removed {address}" + (f" from {', '.join(lists)}" if lists else ""))
 
 
@@ -317,7 +317,7 @@ def members_list(state: State, list_name: str | None, as_json: bool) -> None:
 @pass_state
 def members_enable(state: State, address: str) -> None:
     """Send list mail to a member again (after bounces disabled it); resets the score."""
-    state.run(lambda db: transaction(db, lambda db: roster.enable_member(db, address)))
+    state.write(lambda db: roster.enable_member(db, address))
     click.echo(f"delivery to {address} enabled")
 
 
@@ -340,7 +340,7 @@ def members_import(state: State, csv_file: Any) -> None:
             click.echo(f"{csv_file.name}: {error}", err=True)
         fail(f"{csv_file.name}: {len(errors)} bad row(s); nothing imported", os.EX_DATAERR)
     now = time.time()
-    report = state.run(lambda db: transaction(db, lambda db: roster.import_roster(db, rows, now, state.config.domain)))
+    report = state.write(lambda db: roster.import_roster(db, rows, now, state.config.domain))
     for address in report.added:
         click.echo(f"added {address}")
     for address in report.renamed:
@@ -462,7 +462,7 @@ def queue_retry(state: State, queue_id: str | None, all_failed: bool) -> None:
     if bool(queue_id) == all_failed:
         fail("give a queue id or --all-failed", os.EX_USAGE)
     now = time.time()
-    count = state.run(lambda db: transaction(db, lambda db: queue_admin.retry(db, queue_id, now)))
+    count = state.write(lambda db: queue_admin.retry(db, queue_id, now))
     click.echo(f"{count} failed copies queued again")
 
 
@@ -471,7 +471,7 @@ def queue_retry(state: State, queue_id: str | None, all_failed: bool) -> None:
 @pass_state
 def queue_hold(state: State, queue_id: str) -> None:
     """Stop sending the pending copies of a message until released."""
-    count = state.run(lambda db: transaction(db, lambda db: queue_admin.hold(db, queue_id)))
+    count = state.write(lambda db: queue_admin.hold(db, queue_id))
     click.echo(f"{queue_id.upper()}: {count} copies held")
 
 
@@ -481,7 +481,7 @@ def queue_hold(state: State, queue_id: str) -> None:
 def queue_release(state: State, queue_id: str) -> None:
     """Send the held copies of a message again, starting now."""
     now = time.time()
-    count = state.run(lambda db: transaction(db, lambda db: queue_admin.release(db, queue_id, now)))
+    count = state.write(lambda db: queue_admin.release(db, queue_id, now))
     click.echo(f"{queue_id.upper()}: {count} copies released")
 
 
@@ -498,7 +498,7 @@ def queue_delete(state: State, queue_id: str, yes: bool) -> None:
             f"Delete {info['queue_id']} ({info['subject'] or 'no subject'}), {unsent} copies not yet sent?",
             abort=True,
         )
-    count = state.run(lambda db: transaction(db, lambda db: queue_admin.delete(db, queue_id)))
+    count = state.write(lambda db: queue_admin.delete(db, queue_id))
     click.echo(f"{info['queue_id']}: deleted with {count} copies")
 
 

@@ -216,8 +216,7 @@ def _check_poster(
     day: str,
 ) -> str:
     """Empty if ``author`` may post to ``lst`` now (and count the post), else the refusal."""
-    member_of_list = member is not None and in_list(db, lst["id"], member["id"])
-    refusal = poster_refusal(author, cfg.domain, lst, member, member_of_list)
+    refusal = poster_refusal(author, cfg.domain, lst, member, lambda: in_list(db, lst["id"], member["id"]))
     if refusal:
         return refusal
     assert member is not None

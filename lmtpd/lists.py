@@ -7,7 +7,7 @@ so whatever the poster signed or encoded reaches the members as it was sent.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.header import Header, decode_header, make_header
 from email.utils import getaddresses
@@ -88,12 +88,16 @@ def verp_recipient(extension: str, delimiters: str = "+=") -> str | None:
 # ---------------------------------------------------------------- posting rules
 
 
-def poster_refusal(author: str, domain: str, lst: Mapping, member: Mapping | None, in_list: bool) -> str:
-    """Why ``author`` may not post to ``lst``, or "" if they may (the daily limit aside)."""
+def poster_refusal(author: str, domain: str, lst: Mapping, member: Mapping | None, in_list: Callable[[], bool]) -> str:
+    """Why ``author`` may not post to ``lst``, or "" if they may (the daily limit aside).
+
+    ``in_list`` is asked only for lists open to their own members alone: on the hot
+    path, a club-wide list costs no membership lookup.
+    """
     name = lst["name"]
     if member is None or not member["active"]:
         return f"550 5.7.1 <{author}> is not a member of {domain} and may not post to {name}"
-    if lst["posters"] == "list" and not in_list:
+    if lst["posters"] == "list" and not in_list():
         return f"550 5.7.1 only members of {name} may post to it; <{author}> is not one"
     return ""
 

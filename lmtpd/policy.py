@@ -58,7 +58,7 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     except ValueError:
         return f"550 5.7.1 <{sender}> may not post to {lst['name']}"
     member = db.execute(FIND_MEMBER, (author,)).fetchone()
-    refusal = poster_refusal(author, cfg.domain, lst, member, bool(member) and in_list(db, lst["id"], member["id"]))
+    refusal = poster_refusal(author, cfg.domain, lst, member, lambda: in_list(db, lst["id"], member["id"]))
     if refusal:
         return refusal
     limit = daily_limit(lst, cfg.limits.posts_per_day)

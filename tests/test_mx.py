@@ -252,35 +252,24 @@ def tls_zone(net: Net) -> None:
 TLS_MEMBERS = {"anna@example.net": ("Anna", ["youth"]), "flo@tls.example": ("Flo", ["youth"])}
 
 
-async def test_starttls_with_a_certificate_we_cannot_verify_is_encrypted(net: Net, clock: Clock, ca):
+@pytest.mark.parametrize(
+    "cert_name, trust_ca, level",
+    [
+        ("mx.tls.example", False, "encrypted"),  # the test CA is unknown to lmtpd
+        ("mx.tls.example", True, "verified"),
+        ("someone-else.example", True, "encrypted"),  # trusted CA, wrong name
+    ],
+)
+async def test_starttls_levels(net: Net, clock: Clock, ca, tmp_path: Path, cert_name: str, trust_ca: bool, level: str):
     tls_zone(net)
-    sink = await net.mx("127.0.0.2", tls_context=server_context(ca, "mx.tls.example"))
-    await net.club(members=TLS_MEMBERS)  # the test CA is unknown to lmtpd
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    sink = await net.mx("127.0.0.2", tls_context=server_context(ca, cert_name))
+    await net.club(members=TLS_MEMBERS, relay_extra=f'tls_ca_file = "{ca_file}"' if trust_ca else "")
     rows = await net.post_and_deliver(clock)
     assert rows["flo@tls.example"]["state"] == "sent"
-    assert rows["flo@tls.example"]["tls"] == "encrypted"
+    assert rows["flo@tls.example"]["tls"] == level
     assert len(sink.received) == 1
-
-
-async def test_starttls_with_a_trusted_certificate_is_verified(net: Net, clock: Clock, ca, tmp_path: Path):
-    tls_zone(net)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    await net.mx("127.0.0.2", tls_context=server_context(ca, "mx.tls.example"))
-    await net.club(members=TLS_MEMBERS, relay_extra=f'tls_ca_file = "{ca_file}"')
-    rows = await net.post_and_deliver(clock)
-    assert rows["flo@tls.example"]["tls"] == "verified"
-
-
-async def test_a_certificate_for_another_name_is_not_verified(net: Net, clock: Clock, ca, tmp_path: Path):
-    tls_zone(net)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    await net.mx("127.0.0.2", tls_context=server_context(ca, "someone-else.example"))
-    await net.club(members=TLS_MEMBERS, relay_extra=f'tls_ca_file = "{ca_file}"')
-    rows = await net.post_and_deliver(clock)
-    assert rows["flo@tls.example"]["state"] == "sent"
-    assert rows["flo@tls.example"]["tls"] == "encrypted"
 
 
 async def test_a_failed_handshake_falls_back_to_plain_text(net: Net, clock: Clock, ca):
