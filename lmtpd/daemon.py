@@ -21,7 +21,7 @@ from pathlib import Path
 
 import dns.resolver
 
-from . import auth
+from . import auth, queue
 from .config import Config, Listen
 from .copies import Signer
 from .delivery import Worker
@@ -55,7 +55,7 @@ class Service:
         db = await open_database(cfg.database, allow_upgrade)  # checks the schema
         await db.close()
         self.reader = connect_sync(cfg.database)
-        self.writer = Writer(cfg.database)
+        self.writer = Writer(cfg.database, work=queue.FANOUT)
         await self.writer.start()
         self.worker = Worker(cfg, self.writer, self.reader, self.clock)
         checker = auth.Checker(

@@ -20,6 +20,7 @@ from . import dsn
 from .config import Config, QueueConfig
 from .dsn import status_of
 from .lists import read_headers, split_message, verp_sender
+from .store import BatchWork
 
 SENT, PENDING, FAILED, HELD = "sent", "pending", "failed", "held"
 
@@ -102,19 +103,37 @@ def isotime(ts: float | None) -> str:
 # ------------------------------------------------------------------ database
 
 
-def enqueue_post(db: sqlite3.Connection, post_id: int, list_id: int, now: float) -> int:
-    """One pending delivery per active member of the list; returns how many."""
-    cur = db.execute(
+FANOUT = BatchWork(
+    setup=(
+        "CREATE TEMP TABLE IF NOT EXISTS fanout"
+        " (post_id INTEGER PRIMARY KEY, list_id INTEGER NOT NULL, at REAL NOT NULL)",
+    ),
+    statements=(
+        # CROSS JOIN: start from the few noted posts, never from all memberships
         """
         INSERT INTO deliveries (post_id, member_id, recipient, created_at, next_attempt_at)
-        SELECT ?, m.id, m.address, ?, ?
-          FROM memberships ms JOIN members m ON m.id = ms.member_id
-         WHERE ms.list_id = ? AND m.active = 1 AND m.delivery_disabled_at IS NULL
-         ORDER BY m.address
+        SELECT f.post_id, m.id, m.address, f.at, f.at
+          FROM temp.fanout f
+               CROSS JOIN memberships ms ON ms.list_id = f.list_id
+               JOIN members m ON m.id = ms.member_id
+         WHERE m.active = 1 AND m.delivery_disabled_at IS NULL
+         ORDER BY f.post_id, m.address
         """,
-        (post_id, now, now, list_id),
-    )
-    return cur.rowcount
+        "DELETE FROM temp.fanout",
+    ),
+)
+
+
+def enqueue_post(db: sqlite3.Connection, post_id: int, list_id: int, now: float) -> None:
+    """Queue one copy per active member of the list, in this transaction.
+
+    Only noted here: the rows are written by :data:`FANOUT` just before the batch
+    commits, one statement for the whole batch, off the event loop. So ``db`` must
+    be a :class:`~lmtpd.store.Writer` job's connection of a writer given
+    ``work=FANOUT``; anywhere else the TEMP table is missing and the job fails
+    (and the post is refused for now) rather than being accepted without copies.
+    """
+    db.execute("INSERT INTO temp.fanout (post_id, list_id, at) VALUES (?, ?, ?)", (post_id, list_id, now))
 
 
 def release_dead_leases(db: sqlite3.Connection) -> int:

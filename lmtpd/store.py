@@ -194,10 +194,30 @@ def connect_sync(path: Path) -> sqlite3.Connection:
     return conn
 
 
+LOCK_RETRY = 0.0005  # seconds between tries for a write lock another process holds
+LOCK_RETRY_FOR = 1.0  # then wait for it in the writer's thread
+
+
 @dataclass
 class _Pending:
     job: SyncJob[Any]
     future: asyncio.Future[Any]
+
+
+@dataclass(frozen=True)
+class BatchWork:
+    """Set-based statements run once per batch, in the writer's thread, before COMMIT.
+
+    Jobs note what they want done in a TEMP table (``setup`` creates it on the
+    writer's connection); ``statements`` then do it for the whole batch at once.
+    SQLite releases the GIL while a statement runs, so work on many rows done here
+    (say, fifty queued copies per post) does not hold up the event loop. It stays
+    inside the batch's transaction: a job rolled back takes its notes with it,
+    and nothing is acknowledged before the COMMIT that includes the work.
+    """
+
+    setup: tuple[str, ...]
+    statements: tuple[str, ...]
 
 
 class Writer:
@@ -206,15 +226,18 @@ class Writer:
     Jobs are plain functions of a sqlite3 connection. They run on the event loop's
     thread, each in its own SAVEPOINT inside one transaction per batch: SQLite
     statements on a few rows take microseconds, and running them here avoids a
-    thread hop (and a wait for the GIL) per statement. Only the COMMIT, whose
-    fsync may take long on a slow disk, goes to the writer's own thread. A job
-    that raises is rolled back alone; the others still commit. Results are handed
-    out only after COMMIT returned, so an acknowledgement is always durable.
+    thread hop (and a wait for the GIL) per statement. The batch's
+    :class:`BatchWork` and the COMMIT, whose fsync may take long on a slow disk,
+    go to the writer's own thread in one hop. A job that raises is rolled back
+    alone; the others still commit. Results are handed out only after COMMIT
+    returned, so an acknowledgement is always durable.
     """
 
-    def __init__(self, path: Path, max_batch: int = 256):
+    def __init__(self, path: Path, max_batch: int = 256, work: BatchWork | None = None):
         self.path = path
         self.max_batch = max_batch
+        self.work = work
+        self._finish = (*(work.statements if work else ()), "COMMIT")
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -227,6 +250,8 @@ class Writer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmtpd-writer")
         try:
             self._conn = await loop.run_in_executor(self._executor, connect_sync, self.path)
+            for sql in self.work.setup if self.work else ():
+                self._conn.execute(sql)
         except sqlite3.Error as exc:
             self._executor.shutdown()
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
@@ -274,7 +299,7 @@ class Writer:
             try:
                 await self._begin(loop)
                 outcomes = self._run_jobs([p.job for p in batch])
-                await loop.run_in_executor(self._executor, self._conn_execute, "COMMIT")
+                await loop.run_in_executor(self._executor, self._conn_execute, *self._finish)
             except Exception as exc:
                 log.error("commit of %d jobs failed: %s", len(batch), exc)
                 self._rollback()
@@ -290,20 +315,34 @@ class Writer:
                     pending.future.set_exception(error)
 
     async def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Take the write lock: at once if it is free, else wait for it off the loop."""
+        """Take the write lock: at once if it is free, else keep trying from the loop.
+
+        Another process (the delivery worker, a CLI command) holds it for a commit
+        of a millisecond or so. SQLite's own busy handler would sleep in steps of
+        up to 100 ms while every session of this batch waits; trying again every
+        LOCK_RETRY seconds on the loop costs little and leaves the loop free. A
+        lock held longer than LOCK_RETRY_FOR is waited for in the writer's thread.
+        """
+        deadline = time.monotonic() + LOCK_RETRY_FOR
+        while not self._try_begin():
+            if time.monotonic() >= deadline:
+                await loop.run_in_executor(self._executor, self._conn_execute, "BEGIN IMMEDIATE")
+                return
+            await asyncio.sleep(LOCK_RETRY)
+
+    def _try_begin(self) -> bool:
         conn = self._conn
         assert conn is not None
         conn.execute("PRAGMA busy_timeout = 0")
         try:
             conn.execute("BEGIN IMMEDIATE")
-            return
+            return True
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                 raise
+            return False
         finally:
             conn.execute(PRAGMAS[0])
-        # another process (a CLI command) holds it: wait in the writer's thread
-        await loop.run_in_executor(self._executor, self._conn_execute, "BEGIN IMMEDIATE")
 
     def _run_jobs(self, jobs: list[SyncJob[Any]]) -> list[tuple[Any, BaseException | None]]:
         """Inside the batch's transaction, run every job in a savepoint of its own."""
@@ -322,10 +361,11 @@ class Writer:
             conn.execute("RELEASE job")
         return outcomes
 
-    def _conn_execute(self, sql: str) -> None:
-        """In the writer's thread: BEGIN (may wait for the lock) and COMMIT (fsync)."""
+    def _conn_execute(self, *statements: str) -> None:
+        """In the writer's thread: BEGIN (may wait for the lock), batch work and COMMIT (fsync)."""
         assert self._conn is not None
-        self._conn.execute(sql)
+        for sql in statements:
+            self._conn.execute(sql)
 
     def _rollback(self) -> None:
         try:

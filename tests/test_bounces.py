@@ -12,6 +12,7 @@ from lmtpd import bounces
 from lmtpd.config import Config, load
 from lmtpd.ingest import IngestHandler
 from lmtpd.lists import verp_recipient, verp_sender
+from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync
 
 from .conftest import DATA, Clock, message, populate, spawn_lmtpd, write_config
@@ -94,7 +95,7 @@ class Club:
                 for line in raw.decode("utf-8", "replace").splitlines()
                 if line.lower().startswith("to:")
             )
-        writer = Writer(self.cfg.database)
+        writer = Writer(self.cfg.database, work=FANOUT)
         await writer.start()
         replies = await IngestHandler(self.cfg, writer, self.db, self.clock).decide("", [to], raw)
         await writer.stop()
@@ -141,7 +142,7 @@ async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(c
     assert "To: admin@myclub.org" in text and "<bob@example.net> (Bob)" in text and "5.1.1" in text
     assert club.process().summary_queue_id is None  # reported once
     # bob stays a member but gets no copies of the next post
-    writer = Writer(club.cfg.database)
+    writer = Writer(club.cfg.database, work=FANOUT)
     await writer.start()
     await IngestHandler(club.cfg, writer, club.db, clock).decide("anna@example.net", ["youth@myclub.org"], message())
     await writer.stop()

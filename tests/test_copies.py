@@ -19,7 +19,7 @@ from lmtpd.config import Config, load
 from lmtpd.copies import ListStyle, Signer, copy_headers, prefixed_subject
 from lmtpd.ingest import IngestHandler
 from lmtpd.lists import split_message
-from lmtpd.queue import copy_of
+from lmtpd.queue import FANOUT, copy_of
 from lmtpd.routes import make_resolver
 from lmtpd.store import Writer, connect_sync, open_database, transaction
 
@@ -147,7 +147,7 @@ async def copy_for(tmp_path: Path, port: int, key_file: Path, mitigation: str, p
 async def post_with_signer(cfg: Config, data: bytes, rcpts: list[str], sender: str) -> list[str]:
     resolver = make_resolver(cfg.dns.nameservers, cfg.dns.timeout, dns.resolver.Resolver)
     signer = Signer.from_file(cfg.domain, cfg.dkim.selector, cfg.dkim.key_file) if cfg.dkim.key_file else None
-    writer = Writer(cfg.database)
+    writer = Writer(cfg.database, work=FANOUT)
     await writer.start()
     reader = connect_sync(cfg.database)
     try:

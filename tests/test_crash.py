@@ -18,6 +18,7 @@ from collections import Counter
 from lmtpd import roster
 from lmtpd.config import load
 from lmtpd.ingest import IngestHandler
+from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync, open_database, transaction
 
 from .conftest import Clock, Sink, eventually, message, spawn_lmtpd, write_config
@@ -38,7 +39,7 @@ async def test_kill_9_during_flush_loses_no_copy(tmp_path, sink: Sink):
 
     await transaction(db, fill)
     await db.close()
-    writer = Writer(cfg.database)
+    writer = Writer(cfg.database, work=FANOUT)
     await writer.start()
     reader = connect_sync(cfg.database)
     handler = IngestHandler(cfg, writer, reader, Clock(time.time()))

@@ -9,6 +9,7 @@ from email import message_from_bytes
 from lmtpd import queue
 from lmtpd.config import QueueConfig
 from lmtpd.delivery import Worker
+from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync, open_database
 
 from . import lmtpclient
@@ -95,7 +96,7 @@ async def test_retries_with_injected_clock_until_delivered(club, sink: Sink, clo
     from lmtpd.ingest import IngestHandler
 
     db = await open_database(club.database)
-    writer = Writer(club.database)
+    writer = Writer(club.database, work=FANOUT)
     await writer.start()
     handler = IngestHandler(club, writer, connect_sync(club.database), clock)
     replies = await handler.decide("anna@example.net", ["youth@myclub.org"], message())
@@ -123,7 +124,7 @@ async def test_unreachable_relay_defers_everything(club, clock: Clock):
 
     cfg = replace(club, relay=RelayConfig(host="127.0.0.1", port=1, connections=2, timeout=2))
     db = await open_database(cfg.database)
-    writer = Writer(cfg.database)
+    writer = Writer(cfg.database, work=FANOUT)
     await writer.start()
     handler = IngestHandler(cfg, writer, connect_sync(cfg.database), clock)
     await handler.decide("anna@example.net", ["youth@myclub.org"], message())

@@ -6,8 +6,10 @@ import asyncio
 import sqlite3
 
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from lmtpd.config import Config
+from lmtpd.ingest import LMTPServer
 from lmtpd.store import open_database, transaction
 
 from . import lmtpclient
@@ -303,3 +305,53 @@ async def test_every_sample_gets_a_clear_answer(service, club, name):
     if reply.startswith("250"):
         stored = rows(club, "SELECT raw FROM messages")
         assert bytes(stored[0]["raw"]) == raw
+
+
+PATHS = [
+    "<anna@example.net>",
+    "<Anna.B+youth=x@Example.NET> BODY=8BITMIME SIZE=5120",
+    "<anna@example.net>  SIZE=5\t BODY=7BIT",
+    "<anna@example.net>(comment) SIZE=5",
+    "<anna@example.net>  (comment)",
+    "< anna@example.net >",
+    "<anna@example.net>rest",
+    "<>",
+    "<a..b@example.net>",
+    "<.a@example.net>",
+    '<"anna b"@example.net>',
+    "<@relay.example:anna@example.net>",
+    "<anna@[192.0.2.1]>",
+    "<anna@example.>",
+    "<anna@example..net>",
+    "<ännä@example.net>",
+    "anna@example.net",
+    "<<anna@example.net>",
+    "<anna@example.net>>",
+    "<" + "x" * 70 + "@example.net>",
+]
+
+
+@pytest.mark.parametrize("arg", PATHS)
+async def test_mail_and_rcpt_paths_read_as_aiosmtpd_reads_them(arg):
+    """LMTPServer's shortcut for plain paths gives what aiosmtpd's own parser gives."""
+
+    class Hooks:
+        pass
+
+    stock = SMTP(Hooks(), hostname="lmtp.myclub.org")
+    ours = LMTPServer(Hooks(), hostname="lmtp.myclub.org")
+    for limit in (0, 64):
+        stock.local_part_limit = ours.local_part_limit = limit
+        assert ours._getaddr(arg) == stock._getaddr(arg)
+
+
+async def test_a_connection_finds_every_hook_aiosmtpd_would_find(service):
+    server = LMTPServer(service.handler, hostname="lmtp.myclub.org")
+
+    def stock(obj, prefix):  # what plain dir() would have offered aiosmtpd
+        return {name for name in object.__dir__(obj) if name.startswith(prefix)}
+
+    assert {f"smtp_{verb}" for verb in server._smtp_methods} == stock(server, "smtp_")
+    assert {f"handle_{hook}" for hook in server._handle_hooks} == stock(service.handler, "handle_")
+    assert {"handle_RCPT", "handle_DATA", "handle_exception"} <= stock(service.handler, "handle_")
+    assert {"LOGIN", "PLAIN"} <= set(server._auth_methods)

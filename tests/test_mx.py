@@ -18,6 +18,7 @@ from aiosmtpd.smtp import SMTP
 from lmtpd.config import Config, load
 from lmtpd.delivery import Worker
 from lmtpd.ingest import IngestHandler
+from lmtpd.queue import FANOUT
 from lmtpd.routes import order_mx
 from lmtpd.store import Writer, connect_sync
 
@@ -95,7 +96,7 @@ class Net:
 
 async def post_and_deliver(cfg: Config, clock: Clock, rng: random.Random | None = None) -> dict[str, sqlite3.Row]:
     """Post once to youth and run one delivery pass; return the deliveries by recipient."""
-    writer = Writer(cfg.database)
+    writer = Writer(cfg.database, work=FANOUT)
     await writer.start()
     reader = connect_sync(cfg.database)
     try:

@@ -8,6 +8,7 @@ import time
 
 from lmtpd.config import load
 from lmtpd.ingest import IngestHandler
+from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync
 
 from .conftest import Clock, Sink, message, populate, spawn_lmtpd, write_config
@@ -24,7 +25,7 @@ async def queue_a_post(config, subject: str = "Training on Saturday", first: boo
     cfg = load(config)
     if first:
         await populate(cfg)
-    writer = Writer(cfg.database)
+    writer = Writer(cfg.database, work=FANOUT)
     await writer.start()
     reader = connect_sync(cfg.database)
     replies = await IngestHandler(cfg, writer, reader, Clock(time.time())).decide(

@@ -14,6 +14,7 @@ from lmtpd import dsn
 from lmtpd.config import Config, load
 from lmtpd.delivery import Worker
 from lmtpd.ingest import IngestHandler
+from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync
 
 from .conftest import Clock, Sink, message, populate, write_config
@@ -46,7 +47,7 @@ async def make_club(tmp_path, sink: Sink, clock: Clock, queue_extra: str) -> Clu
     config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra=queue_extra)
     cfg = load(config)
     await populate(cfg)
-    writer = Writer(cfg.database)
+    writer = Writer(cfg.database, work=FANOUT)
     await writer.start()
     return Club(cfg, writer, clock)
 

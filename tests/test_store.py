@@ -1,0 +1,99 @@
+"""The group-commit writer: batch work before COMMIT, jobs rolled back alone, the write lock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from lmtpd import store
+from lmtpd.config import Config
+from lmtpd.ingest import TEMPFAIL, IngestHandler
+from lmtpd.queue import FANOUT, enqueue_post
+from lmtpd.store import Writer, connect_sync
+
+from .conftest import Clock, message
+from .test_ingest import rows
+
+
+def new_post(db: sqlite3.Connection, list_name: str) -> tuple[int, int]:
+    """A message and its post row for ``list_name``: (post id, list id)."""
+    list_id = db.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()[0]
+    message_id = db.execute(
+        "INSERT INTO messages (queue_id, mail_from, author, message_id, subject, size, raw, arrived_at) "
+        "VALUES (?, 'anna@example.net', 'anna@example.net', '', '', 1, x'00', 0)",
+        (f"Q{list_name}",),
+    ).lastrowid
+    post_id = db.execute(
+        "INSERT INTO posts (message_id, list_id, list_name, sender, accepted_at, headers) VALUES (?, ?, ?, '', 0, '')",
+        (message_id, list_id, list_name),
+    ).lastrowid
+    assert post_id is not None
+    return post_id, list_id
+
+
+async def test_batch_work_queues_copies_of_committed_jobs_only(club: Config):
+    writer = Writer(club.database, work=FANOUT)
+    await writer.start()
+
+    def good(db):
+        post_id, list_id = new_post(db, "youth")
+        enqueue_post(db, post_id, list_id, 100.0)
+        return post_id
+
+    def bad(db):
+        post_id, list_id = new_post(db, "trainers")
+        enqueue_post(db, post_id, list_id, 100.0)
+        raise RuntimeError("after the copies were noted")
+
+    try:
+        results = await asyncio.gather(writer.submit(good), writer.submit(bad), return_exceptions=True)
+    finally:
+        await writer.stop()
+    assert writer.batches == 1  # both jobs shared one transaction
+    assert isinstance(results[1], RuntimeError)
+    copies = rows(club, "SELECT post_id, recipient, state, next_attempt_at FROM deliveries ORDER BY id")
+    assert [tuple(r) for r in copies] == [
+        (results[0], "anna@example.net", "pending", 100.0),
+        (results[0], "bob@example.net", "pending", 100.0),
+        (results[0], "carla@example.com", "pending", 100.0),
+    ]
+    assert len(rows(club, "SELECT * FROM posts")) == 1
+
+
+async def test_a_writer_without_the_fanout_refuses_rather_than_loses(club: Config):
+    """Ingest on a writer that would never write the copies: 451, nothing stored."""
+    writer = Writer(club.database)
+    await writer.start()
+    try:
+        handler = IngestHandler(club, writer, connect_sync(club.database), Clock())
+        replies = await handler.decide("anna@example.net", ["youth@myclub.org"], message())
+    finally:
+        await writer.stop()
+    assert replies == [TEMPFAIL]
+    assert rows(club, "SELECT * FROM posts") == []
+
+
+@pytest.mark.parametrize("retry_for", [store.LOCK_RETRY_FOR, 0.0])
+async def test_a_lock_held_by_another_process_is_waited_for(club: Config, monkeypatch, retry_for):
+    """Held by another connection (say ``lmtpd queue hold``): the batch commits after it.
+
+    With ``retry_for`` 0 the wait goes at once to the writer's thread.
+    """
+    monkeypatch.setattr(store, "LOCK_RETRY_FOR", retry_for)
+    other = sqlite3.connect(club.database, isolation_level=None)
+    writer = Writer(club.database, work=FANOUT)
+    await writer.start()
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("UPDATE members SET name = 'Anna B.' WHERE address = 'anna@example.net'")
+        read = "SELECT name FROM members WHERE address = 'anna@example.net'"
+        job = asyncio.ensure_future(writer.submit(lambda db: db.execute(read).fetchone()))
+        await asyncio.sleep(0.2)
+        assert not job.done()  # waiting for the lock; the loop runs meanwhile
+        other.execute("COMMIT")
+        assert (await asyncio.wait_for(job, 10))[0] == "Anna B."
+    finally:
+        other.close()
+        await writer.stop()
