@@ -22,11 +22,14 @@ import click
 from . import bounce_admin, bounces, queue, queue_admin, roster
 from .config import Config, ConfigError, config_path, load
 from .copies import Signer, SigningError, dns_record
-from .daemon import ListenError, Service
+from .daemon import ListenError, Service, run_delivery
 from .delivery import Worker
 from .store import SchemaError, StoreError, Writer, connect_sync, open_database, transaction, upgrade
 
 T = TypeVar("T")
+
+# Relaying waits when the CPU is short; Postfix's LMTP sessions do not.
+DELIVERY_NICENESS = 10
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -143,8 +146,12 @@ def serve(state: State, upgrade: bool) -> None:
     """Run the LMTP server and the delivery worker until SIGTERM."""
     cfg = state.config
     setup_logging(state.verbose)
+    assert cfg.source is not None
+    delivery = [sys.executable, "-m", "lmtpd", "--config", str(cfg.source.resolve())]
+    delivery += [f"-{'v' * state.verbose}"] if state.verbose else []
+    delivery += ["deliver", "--nice", str(DELIVERY_NICENESS), "--from-serve"]
     try:
-        asyncio.run(Service(cfg).run_until_signalled(allow_upgrade=upgrade))
+        asyncio.run(Service(cfg, delivery_command=delivery).run_until_signalled(allow_upgrade=upgrade))
     except SchemaError as exc:
         fail(f"database: {exc}", os.EX_CONFIG)
     except StoreError as exc:
@@ -153,6 +160,23 @@ def serve(state: State, upgrade: bool) -> None:
         fail(str(exc), os.EX_OSERR)
     except SigningError as exc:
         fail(f"config error: {exc}", os.EX_CONFIG)
+
+
+@main.command(hidden=True)
+@click.option("--nice", type=click.IntRange(0, 19), default=0, help="Run at this lower CPU priority.")
+@click.option("--from-serve", is_flag=True, help="Stdin is serve's wake-up pipe; stop when it ends.")
+@pass_state
+def deliver(state: State, nice: int, from_serve: bool) -> None:
+    """Run the delivery worker alone until SIGTERM (serve starts one by itself)."""
+    cfg = state.config
+    setup_logging(state.verbose)
+    os.nice(nice)
+    try:
+        asyncio.run(run_delivery(cfg, from_serve))
+    except SchemaError as exc:
+        fail(f"database: {exc}", os.EX_CONFIG)
+    except StoreError as exc:
+        fail(f"database: {exc}", os.EX_IOERR)
 
 
 # ----------------------------------------------------------------------- db

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 
@@ -81,3 +82,50 @@ async def test_sigterm_finishes_a_session_inside_a_transaction(short_dir, sink: 
     db = sqlite3.connect(cfg.database)
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
     db.close()
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_delivery_runs_in_its_own_process_and_is_restarted(short_dir, sink: Sink):
+    config = write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port)
+    cfg = load(config)
+    await populate(cfg)
+    proc = await start_serve(config)
+    try:
+        await eventually(lambda: len(children(proc.pid)) == 1, what="the delivery worker to start")
+        (worker,) = children(proc.pid)
+        lower = os.getpriority(os.PRIO_PROCESS, proc.pid) + 10  # relaying yields the CPU to LMTP sessions
+        await eventually(lambda: os.getpriority(os.PRIO_PROCESS, worker) == lower, what="a lower priority")
+        os.kill(worker, signal.SIGKILL)
+        # accepted while no worker runs: the next one (after a pause) delivers it
+        t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org"], message())
+        assert t.data[0].startswith("250")
+        await eventually(lambda: {r.rcpt for r in sink.received} == YOUTH, what="delivery by a new worker")
+        assert children(proc.pid) != [worker]
+        assert "exited with status -9; starting it again" in (short_dir / "serve.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_the_delivery_worker_ends_with_a_killed_serve(short_dir, sink: Sink):
+    config = write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port)
+    cfg = load(config)
+    await populate(cfg)
+    proc = await start_serve(config)
+    await eventually(lambda: len(children(proc.pid)) == 1, what="the delivery worker to start")
+    (worker,) = children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    await eventually(lambda: not alive(worker), what="the orphaned worker to stop")
