@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,3 +73,23 @@ def start_serve(config: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with open(log, "w") as stderr:
         return subprocess.Popen([*serve_command(), "--config", str(config), "serve"], env=env, stderr=stderr)
+
+
+def wait_for_worker(log: Path, proc: subprocess.Popen) -> int:
+    """Wait until serve's delivery worker process is up; return its pid."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"serve exited with {proc.returncode}")
+        for line in log.read_text().splitlines():
+            if "delivery worker ready (process " in line:
+                return int(line.rsplit("process ", 1)[1].rstrip(")"))
+        time.sleep(0.05)
+    raise SystemExit("serve's delivery worker did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

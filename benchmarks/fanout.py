@@ -3,7 +3,8 @@
 Measures the time from lmtpd's LMTP 250 until the last copy is accepted by Postfix's
 smtp-sink on 127.0.0.1, next to a raw aiosmtplib loop that sends the same number of
 transactions of the same size over the same number of connections, and prints
-deliveries per second for both, their ratio, and the peak memory of ``lmtpd serve``.
+deliveries per second for both, their ratio, and the peak memory of ``lmtpd serve``
+and of its delivery worker process.
 
     python benchmarks/fanout.py [--sizes 1000 10000] [--connections 10]
 """
@@ -23,7 +24,7 @@ import aiosmtplib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import start_serve, start_smtp_sink, stop, write_club_config  # noqa: E402
+from benchmarks.common import peak_rss_mb, start_serve, start_smtp_sink, stop, wait_for_worker, write_club_config  # noqa: E402
 from lmtpd.config import load  # noqa: E402
 from lmtpd.store import open_database  # noqa: E402
 from tests.lmtpclient import send  # noqa: E402
@@ -55,14 +56,7 @@ async def make_club(config: Path, members: int) -> None:
     conn.close()
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-async def run_lmtpd(work: Path, members: int, sink_port: int, args) -> tuple[float, float]:
+async def run_lmtpd(work: Path, members: int, sink_port: int, args) -> tuple[float, tuple[float, float]]:
     folder = work / f"club{members}"
     config = write_club_config(
         folder, sink_port, lmtp="max_message_size = 1048576", relay=f"connections = {args.connections}\nbatch = 500"
@@ -75,6 +69,7 @@ async def run_lmtpd(work: Path, members: int, sink_port: int, args) -> tuple[flo
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("lmtpd serve did not start")
             await asyncio.sleep(0.05)
+        worker = wait_for_worker(folder / "serve.log", proc)
         t = await send(f"unix:{folder}/lmtpd.sock", "m00000@example.net", ["big@myclub.org"], body(args.size))
         start = time.monotonic()
         assert t.data[0].startswith("250"), t.data
@@ -88,7 +83,7 @@ async def run_lmtpd(work: Path, members: int, sink_port: int, args) -> tuple[flo
             await asyncio.sleep(0.02)
         elapsed = time.monotonic() - start
         db.close()
-        peak = peak_rss_mb(proc.pid)
+        peak = (peak_rss_mb(proc.pid), peak_rss_mb(worker))
     finally:
         stop(proc)
     return elapsed, peak
@@ -130,7 +125,8 @@ async def main() -> None:
             raw = await raw_loop(members, port, args)
             print(
                 f"{members:6d} members: lmtpd {members / elapsed:8.1f} copies/s ({elapsed:6.2f} s, "
-                f"serve peak RSS {peak:5.1f} MB)  raw aiosmtplib {members / raw:8.1f}/s ({raw:6.2f} s)  "
+                f"peak RSS {peak[0]:4.1f} MB serve + {peak[1]:4.1f} MB worker)  "
+                f"raw aiosmtplib {members / raw:8.1f}/s ({raw:6.2f} s)  "
                 f"ratio {raw / elapsed:.2f}"
             )
     finally:

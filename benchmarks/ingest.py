@@ -2,8 +2,8 @@
 
 Drives Postfix's smtp-source over LMTP on a Unix socket (default: 20 sessions,
 2,000 posts of 5 KB to a 50-member list) three times: lmtpd as in production
-(its delivery worker relaying every copy to a local smtp-sink while the load
-runs), lmtpd with delivery paused (``[relay] deliver = false``: ingest alone),
+(its delivery worker process relaying every copy to a local smtp-sink while the
+load runs), lmtpd with delivery paused (``[relay] deliver = false``: ingest alone),
 and a bare aiosmtpd LMTP server that stores nothing and answers 250. Every 250
 lmtpd gives follows a durable SQLite commit. Prints the rates and the ratios.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, start_serve, start_smtp_sink, stop, write_club_config  # noqa: E402
+from benchmarks.common import REPO, start_serve, start_smtp_sink, stop, wait_for_worker, write_club_config  # noqa: E402
 from lmtpd import roster  # noqa: E402
 from lmtpd.config import load  # noqa: E402
 from lmtpd.store import open_database, transaction  # noqa: E402
@@ -93,6 +93,8 @@ def run_lmtpd(work: Path, sink_port: int, deliver: bool, args: argparse.Namespac
     proc = start_serve(config, folder / "serve.log")
     try:
         wait_for_socket(folder / "lmtpd.sock", proc)
+        if deliver:
+            wait_for_worker(folder / "serve.log", proc)
         seconds = drive(folder / "lmtpd.sock", args)
     finally:
         stop(proc)
