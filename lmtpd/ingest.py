@@ -67,15 +67,15 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
 
     Each list is decided in a savepoint of its own: a database error while storing
     one list's post answers 451 for that recipient only, and leaves no trace of it
-    (quota included). Returns the replies in RCPT order and how many lists the
-    post's copies were queued for (by the writer's :data:`queue.FANOUT`).
+    (quota included). Returns the replies in RCPT order and how many posts and
+    forwards were queued (a post's copies are written by :data:`queue.FANOUT`).
     """
     author = post.headers.author
     member = db.execute(FIND_MEMBER, (author,)).fetchone() if author else None
     replies: list[str] = []
     accepted: set[str] = set()
     message_id: int | None = None
-    posted = 0
+    queued = 0  # posts and forwards with copies to send
     day = date.fromtimestamp(post.arrived_at).isoformat()
     for address in post.recipients:
         rcpt, refusal = parse_recipient(address, cfg.domain, cfg.bounces.verp_delimiters[0])
@@ -92,6 +92,7 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
         if rcpt.kind in (REQUEST, OWNER):  # until mail commands exist, the owner reads them
             forward = queue.new_queue_id()
             queue.enqueue_report(db, forward, lst["name"], forwarded(post.raw, address), post.arrived_at, cfg)
+            queued += 1
             replies.append(f"250 2.0.0 <{address}> {post.queue_id} forwarded to the list owner as {forward}")
             continue
         if author is None:
@@ -120,7 +121,7 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
                 if message_id is None:
                     message_id = _store_message(db, post, author)
                 _store_post(db, post, message_id, member, lst, cfg)
-                posted += 1
+                queued += 1
                 accepted.add(lst["name"])
                 reply = f"250 2.0.0 <{address}> {post.queue_id} accepted"
         except Exception:
@@ -131,7 +132,7 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
             reply = TEMPFAIL
         db.execute("RELEASE rcpt")
         replies.append(reply)
-    return replies, posted
+    return replies, queued
 
 
 def _store_bounce(db: sqlite3.Connection, post: Post, address: str, list_name: str, extension: str) -> None:
@@ -317,13 +318,13 @@ class IngestHandler(_HooksOnly):
         summary, refusals = await self.authenticate(raw, mail_from, headers, lists, trusted)
         copies = await self.prepare_copies(raw, headers, [lst for lst in lists if lst["name"] not in refusals])
         post = Post(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals, copies)
-        replies, posted = await self.writer.submit(lambda db: accept(db, post, self.cfg))
+        replies, queued = await self.writer.submit(lambda db: accept(db, post, self.cfg))
         for rcpt, reply in zip(rcpts, replies, strict=False):
             log.info(
                 "%s: from=<%s>, author=<%s>, to=<%s>, size=%d, message-id=%s: %s",
                 queue_id, mail_from, headers.author or "-", rcpt, len(raw), headers.message_id or "-", reply,
             )  # fmt: skip
-        if posted and self.on_accepted:
+        if queued and self.on_accepted:
             self.on_accepted()
         return replies
 
