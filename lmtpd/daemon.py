@@ -76,8 +76,11 @@ class Service:
         self.reader = connect_sync(cfg.database)
         self.writer = Writer(cfg.database, work=queue.FANOUT)
         await self.writer.start()
-        self.worker = Worker(cfg, self.writer, self.reader, self.clock)
-        wake = self.delivery.wake if self.delivery else self.worker.wake
+        if self.delivery is not None:
+            wake = self.delivery.wake
+        else:
+            self.worker = Worker(cfg, self.writer, self.reader, self.clock)
+            wake = self.worker.wake
         checker = auth.Checker(
             make_resolver(cfg.dns.nameservers, cfg.dns.timeout, dns.resolver.Resolver), cfg.dns.timeout
         )
@@ -112,7 +115,7 @@ class Service:
             log.info("policy service listening on %s", cfg.policy.listen)
         if self.delivery is not None:
             await self.delivery.start()
-        elif cfg.relay.deliver:
+        elif cfg.relay.deliver and self.worker is not None:
             self._worker_task = loop.create_task(self.worker.run(), name="lmtpd-delivery")
         log.info("lmtpd listening on %s for %s", cfg.lmtp.listen, cfg.domain)
 
@@ -199,7 +202,10 @@ class DeliveryProcess:
         self._stopping = False
 
     async def start(self) -> None:
-        await self._spawn()
+        try:
+            await self._spawn()
+        except OSError as exc:  # tried again by the watch
+            log.error("cannot start the delivery worker: %s", exc)
         self._watch = asyncio.get_running_loop().create_task(self._supervise(), name="lmtpd-delivery-watch")
 
     async def _spawn(self) -> None:
@@ -217,20 +223,28 @@ class DeliveryProcess:
     async def _supervise(self) -> None:
         failures = 0
         while True:
-            assert self.proc is not None
             started = time.monotonic()
-            status = await self.proc.wait()
-            if self._stopping:
-                return
-            if time.monotonic() - started > RESTART_DELAYS[-1]:
-                failures = 0  # it had been running well: a fresh start
+            if self.proc is not None:
+                status = await self.proc.wait()
+                if self._stopping:
+                    return
+                if time.monotonic() - started > RESTART_DELAYS[-1]:
+                    failures = 0  # it had been running well: a fresh start
             delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
             failures += 1
-            log.error(
-                "delivery worker %d exited with status %s; starting it again in %.0f s", self.proc.pid, status, delay
-            )
+            if self.proc is not None:
+                log.error(
+                    "delivery worker %d exited with status %s; starting it again in %.0f s",
+                    self.proc.pid,
+                    status,
+                    delay,
+                )
             await asyncio.sleep(delay)
-            await self._spawn()
+            try:
+                await self._spawn()
+            except OSError as exc:
+                log.error("cannot start the delivery worker: %s", exc)
+                self.proc = None
 
     async def stop(self) -> None:
         """Close its pipe and wait for it to finish its pass; kill it if it does not."""

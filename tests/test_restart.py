@@ -6,7 +6,9 @@ import asyncio
 import os
 import signal
 import sqlite3
+import sys
 
+from lmtpd import daemon
 from lmtpd.config import load
 
 from . import lmtpclient
@@ -129,3 +131,50 @@ async def test_the_delivery_worker_ends_with_a_killed_serve(short_dir, sink: Sin
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     await eventually(lambda: not alive(worker), what="the orphaned worker to stop")
+
+
+CHILD = """
+import sys
+with open(sys.argv[1], "a") as log:
+    log.write("start\\n")
+    log.flush()
+    for line in sys.stdin:
+        log.write("wake\\n")
+        log.flush()
+    log.write("end of pipe\\n")
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def test_delivery_process_is_woken_stopped_and_restarted(short_dir, monkeypatch):
+    """The pipe protocol and the supervision, with a stand-in child that logs what it sees."""
+    monkeypatch.setattr(daemon, "RESTART_DELAYS", (0.05, 0.1))
+    seen = short_dir / "child.log"
+    proc = daemon.DeliveryProcess([sys.executable, "-c", CHILD, str(seen), "0"], grace=2)
+    await proc.start()
+    await eventually(lambda: lines(seen) == ["start"])
+    proc.wake()
+    await eventually(lambda: lines(seen) == ["start", "wake"])
+    proc.proc.stdin.close()  # as if it ended on its own: started again
+    await eventually(lambda: lines(seen) == ["start", "wake", "end of pipe", "start"])
+    proc.wake()
+    await eventually(lambda: lines(seen)[-1] == "wake")
+    await proc.stop()
+    assert proc.proc.returncode == 0
+    assert lines(seen)[-1] == "end of pipe"
+
+
+async def test_a_worker_that_keeps_failing_is_retried_with_pauses(short_dir, monkeypatch):
+    monkeypatch.setattr(daemon, "RESTART_DELAYS", (0.05, 0.1))
+    seen = short_dir / "child.log"
+    proc = daemon.DeliveryProcess([sys.executable, "-c", CHILD.replace("sys.stdin", "[]"), str(seen), "3"], grace=2)
+    await proc.start()
+    await eventually(lambda: lines(seen).count("start") >= 3, what="three starts")
+    await proc.stop()
+    starts = lines(seen).count("start")
+    await asyncio.sleep(0.3)
+    assert lines(seen).count("start") == starts  # stopped for good
