@@ -122,9 +122,7 @@ async def upgrade(db: aiosqlite.Connection, now: float | None = None) -> list[Mi
     known = migrations()
     current = await schema_version(db)
     if current > len(known):
-        raise SchemaError(
-            f"database schema version {current} is newer than this lmtpd knows ({len(known)}); upgrade lmtpd"
-        )
+        raise _too_new(current, len(known))
     applied = []
     for mig in known[current:]:
         stamp = time.time() if now is None else now
@@ -147,6 +145,10 @@ async def upgrade(db: aiosqlite.Connection, now: float | None = None) -> list[Mi
     return applied
 
 
+def _too_new(current: int, known: int) -> SchemaError:
+    return SchemaError(f"database schema version {current} is newer than this lmtpd knows ({known}); upgrade lmtpd")
+
+
 async def check_schema(db: aiosqlite.Connection, allow_upgrade: bool) -> None:
     """Refuse a database newer than this code; upgrade an older one only if allowed.
 
@@ -157,7 +159,7 @@ async def check_schema(db: aiosqlite.Connection, allow_upgrade: bool) -> None:
     if current == known:
         return
     if current > known:
-        raise SchemaError(f"database schema version {current} is newer than this lmtpd knows ({known}); upgrade lmtpd")
+        raise _too_new(current, known)
     empty = await fetchone(db, "SELECT 1 FROM sqlite_master WHERE type='table' LIMIT 1") is None
     if not empty and not allow_upgrade:
         raise SchemaError(
@@ -186,7 +188,7 @@ async def open_database(path: Path, allow_upgrade: bool = False, check: bool = T
 
 
 def connect_sync(path: Path) -> sqlite3.Connection:
-    """A plain sqlite3 connection with the same settings, for the writer's thread."""
+    """A plain sqlite3 connection with the same settings: the writer's, and the readers on the loop."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     for pragma in PRAGMAS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import sys
 
@@ -15,6 +16,14 @@ from . import lmtpclient
 from .conftest import Sink, eventually, lmtp_target, message, populate, start_serve, write_config
 
 YOUTH = {"anna@example.net", "bob@example.net", "carla@example.com"}
+
+
+def states(cfg) -> list[str]:
+    db = sqlite3.connect(cfg.database)
+    try:
+        return [s for (s,) in db.execute("SELECT state FROM deliveries ORDER BY id")]
+    finally:
+        db.close()
 
 
 async def test_kill_9_after_250_loses_nothing(short_dir, sink: Sink):
@@ -41,16 +50,7 @@ async def test_kill_9_after_250_loses_nothing(short_dir, sink: Sink):
     proc = await start_serve(config)  # the socket left by the killed process is replaced
     try:
         await eventually(lambda: {r.rcpt for r in sink.received} >= YOUTH, what="redelivery")
-
-        def all_sent() -> bool:
-            db = sqlite3.connect(cfg.database)
-            try:
-                states = db.execute("SELECT state FROM deliveries").fetchall()
-            finally:
-                db.close()
-            return [s for (s,) in states] == ["sent"] * 3
-
-        await eventually(all_sent, what="queue to empty")
+        await eventually(lambda: states(cfg) == ["sent"] * 3, what="queue to empty")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
@@ -116,6 +116,25 @@ async def test_delivery_runs_in_its_own_process_and_is_restarted(short_dir, sink
         await eventually(lambda: {r.rcpt for r in sink.received} == YOUTH, what="delivery by a new worker")
         assert children(proc.pid) != [worker]
         assert "exited with status -9; starting it again" in (short_dir / "serve.log").read_text()
+
+        # killed while it holds copies under lease: the next worker takes them back
+        (worker,) = children(proc.pid)
+        sink.hold = asyncio.Event()
+        started = sink.data_started
+        second = message(subject="second post")
+        t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org"], second)
+        assert t.data[0].startswith("250")
+        await eventually(lambda: sink.data_started > started, what="the worker to start relaying")
+        os.kill(worker, signal.SIGKILL)
+        db = sqlite3.connect(cfg.database)
+        owner = f"{socket.gethostname()}:{worker}"
+        assert db.execute("SELECT count(*) FROM deliveries WHERE lease_owner = ?", (owner,)).fetchone()[0] >= 1
+        db.close()
+        sink.hold.set()
+        sink.hold = None
+        # what the sink got before the kill counts as received, but only a new worker records it
+        await eventually(lambda: states(cfg) == ["sent"] * 6, what="the next worker to send and record")
+        assert {r.rcpt for r in sink.received if b"second post" in r.data} == YOUTH
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
