@@ -13,7 +13,7 @@ setup(
     package_dir={"lmtpd.migrations": "migrations"},
     package_data={"lmtpd.migrations": ["*.sql"]},
     install_requires=[
-        "aiosmtpd>=1.4.6",
+        "aiosmtpd>=1.4.6,<1.5",  # lmtpd/lmtp.py relies on internals checked against 1.4.6
         "aiosqlite>=0.20",
         "aiosmtplib>=3.0",
         "dnspython>=2.6",
@@ -23,6 +23,7 @@ setup(
         "publicsuffixlist>=1.0",  # organizational domains for alignment, list shipped in the package
         "flufl.bounce>=4.0",  # reading bounces that are not RFC 3464 reports
         "cryptography>=41",  # `lmtpd dkim keygen`
+        "authres>=1.2",  # reading Authentication-Results (RFC 8601) of our own MTA
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-asyncio>=0.24", "trustme>=1.1", "ruff"],

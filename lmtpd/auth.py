@@ -6,9 +6,9 @@ an aligned envelope sender. Alignment is relaxed (RFC 7489): the same organizati
 domain, from the Public Suffix List that the publicsuffixlist package ships.
 
 Sites that run OpenDKIM/OpenDMARC or rspamd in Postfix can let lmtpd trust their
-``Authentication-Results`` (only those with the configured authserv-id, and only
-above the first foreign Received header); any other header claiming that id is a
-forgery and is removed. Otherwise lmtpd verifies DKIM itself (dkimpy) and checks
+``Authentication-Results``: the single one with the configured authserv-id that the
+milter added (see :func:`trusted_results`); every header claiming that id is
+removed from what is stored and copied. Otherwise lmtpd verifies DKIM itself (dkimpy) and checks
 SPF (pyspf) for the client address our Postfix recorded in its Received header.
 
 Per list, ``require`` is ``dkim-or-spf`` (an aligned pass, always), ``dmarc`` (an
@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
+import authres
 import dkim
 import dns.exception
 import dns.resolver
@@ -95,54 +96,93 @@ def received_client(raw: bytes) -> tuple[str, str] | None:
 
 
 def _authserv_id(value: str) -> str:
-    return value.strip().split(";", 1)[0].split()[0].lower() if value.strip() else ""
+    """The authserv-id of an Authentication-Results value: its first token, comments aside."""
+    token = re.sub(r"\([^()]*\)", " ", value.split(";", 1)[0]).split()
+    return token[0].lower() if token else ""
 
 
-def trusted_results(raw: bytes, authserv_id: str) -> tuple[bytes, list[str]]:
-    """(the message without forged Authentication-Results, the trusted ones' values).
+def trusted_results(raw: bytes, authserv_id: str, hostname: str = "") -> tuple[bytes, list[str]]:
+    """(the message without any Authentication-Results claiming us, the one value to trust).
 
-    Ours are the ones with our authserv-id above the second Received header: added by
-    our own MX or its milters. The same id further down came with the message.
+    RFC 8601 section 5: results that came with the message and carry our authserv-id
+    are forgeries. The Postfix recipe in postfix-lmtp.cf removes every incoming
+    look-alike with header_checks before the milter adds its own (milter-added
+    fields are not subject to header_checks), so a message reaching us holds at most
+    one, above the second Received header (milters insert theirs next to our MX's).
+    Anything else (two or more, or one further down) means the recipe is missing or
+    someone is lying: none is trusted, and lmtpd verifies DKIM and SPF itself.
+
+    Every field claiming ``authserv_id`` or ``hostname`` is removed from what is
+    stored and copied: members' copies never carry a verdict in our name.
     """
-    if not authserv_id:
+    ids = {i.lower() for i in (authserv_id, hostname) if i}
+    if not ids:
         return raw, []
     block, rest = split_message(raw)
-    kept, trusted = [], []
+    kept: list[bytes] = []
+    ours: list[tuple[int, str]] = []  # (Received headers above it, value)
     received = 0
     for f in header_fields(block):
         name = field_name(f)
         if name == "received":
             received += 1
-        if name == "authentication-results":
-            value = f.split(b":", 1)[1].decode("utf-8", "replace")
-            if _authserv_id(value) == authserv_id.lower():
-                if received <= 1:
-                    trusted.append(" ".join(value.split()))
-                else:
-                    log.info("removed a forged Authentication-Results claiming %s", authserv_id)
-                    continue
+        elif name == "authentication-results":
+            value = " ".join(f.split(b":", 1)[1].decode("utf-8", "replace").split())
+            found = _authserv_id(value)
+            if found in ids:
+                if found == authserv_id.lower():
+                    ours.append((received, value))
+                continue
         kept.append(f)
+    trusted: list[str] = []
+    if len(ours) == 1 and ours[0][0] <= 1:
+        trusted = [ours[0][1]]
+    elif ours:
+        log.warning(
+            "%d Authentication-Results claiming %s, not where our MTA puts its own: trusting none, verifying",
+            len(ours), authserv_id,
+        )  # fmt: skip
     return b"".join(kept) + rest, trusted
 
 
-def from_results(values: list[str], authserv_id: str) -> Result:
-    """Read dkim= and spf= verdicts from trusted Authentication-Results values."""
-    dkim_result, dkim_domain, spf_result, spf_domain = NONE, "", NONE, ""
+def from_results(values: list[str], authserv_id: str, from_domain: str) -> Result | None:
+    """The dkim= and spf= verdicts of our MTA's Authentication-Results; None if unreadable.
+
+    Read with authres (RFC 8601 grammar). Like DMARC, an aligned pass of any one
+    DKIM signature is a pass; otherwise an aligned verdict is preferred to one for
+    another domain, so a signature of some other domain never stands in for the
+    author's.
+    """
+    dkim_found: list[tuple[str, str]] = []
+    spf_found: list[tuple[str, str]] = []
     for value in values:
-        for clause in value.split(";")[1:]:
-            clause = clause.strip()
-            m = re.match(r"(dkim|spf)\s*=\s*(\w+)(.*)", clause, re.S)
-            if not m:
-                continue
-            method, verdict, props = m.group(1), m.group(2).lower(), m.group(3)
-            if method == "dkim" and dkim_result != PASS:
-                d = re.search(r"header\.d\s*=\s*([^\s;]+)", props)
-                dkim_result, dkim_domain = verdict, d.group(1).lower() if d else ""
-            elif method == "spf" and spf_result != PASS:
-                d = re.search(r"smtp\.mailfrom\s*=\s*([^\s;]+)", props)
-                spf_domain = d.group(1).rpartition("@")[2].lower() if d else ""
-                spf_result = verdict
+        try:
+            header = authres.AuthenticationResultsHeader.parse_value(value)
+        except authres.AuthResError as exc:
+            log.warning("unreadable Authentication-Results from our MTA (%s): verifying instead", exc)
+            return None
+        if str(header.authserv_id).lower() != authserv_id.lower():
+            return None
+        for r in header.results:
+            props = {f"{p.type}.{p.name}".lower(): str(p.value) for p in r.properties}
+            verdict = str(r.result).lower()
+            if r.method == "dkim":
+                domain = props.get("header.d") or props.get("header.i", "").rpartition("@")[2]
+                dkim_found.append((verdict, domain.lower()))
+            elif r.method == "spf":
+                domain = props.get("smtp.mailfrom", "").rpartition("@")[2] or props.get("smtp.helo", "")
+                spf_found.append((verdict, domain.lower()))
+    dkim_result, dkim_domain = _best(dkim_found, from_domain)
+    spf_result, spf_domain = _best(spf_found, from_domain)
     return Result(dkim_result, dkim_domain, spf_result, spf_domain, source=authserv_id)
+
+
+def _best(found: list[tuple[str, str]], from_domain: str) -> tuple[str, str]:
+    """One verdict out of several: an aligned one first, and among them pass, then the rest."""
+    if not found:
+        return NONE, ""
+    order = {PASS: 0, TEMPERROR: 1, FAIL: 2}
+    return min(found, key=lambda f: (not aligned(f[1], from_domain), order.get(f[0], 3)))
 
 
 # ------------------------------------------------------------------- checks
@@ -188,7 +228,7 @@ class Checker:
             return None
         return b"".join(b"".join(r.strings) for r in answer)
 
-    def _dkim(self, raw: bytes) -> tuple[str, str]:
+    def _dkim(self, raw: bytes, from_domain: str) -> tuple[str, str]:
         """(best verdict, its domain) over all signatures, aligned ones first."""
         d = dkim.DKIM(raw, minkey=1024, timeout=int(self.timeout))
         found: list[tuple[str, str]] = []
@@ -204,13 +244,7 @@ class Checker:
             except dkim.DKIMException as exc:
                 log.info("DKIM signature %d unusable: %s", idx, exc)
                 found.append((FAIL, ""))
-        if not found:
-            return NONE, ""
-        for verdict in (PASS, TEMPERROR, FAIL):
-            for v, domain in found:
-                if v == verdict:
-                    return v, domain
-        return found[0]
+        return _best(found, from_domain)
 
     def _spf(self, client: tuple[str, str] | None, mail_from: str) -> tuple[str, str]:
         if client is None or not mail_from:
@@ -221,9 +255,9 @@ class Checker:
         verdict = {"pass": PASS, "temperror": TEMPERROR}.get(verdict, verdict)
         return verdict, domain
 
-    def check(self, raw: bytes, mail_from: str) -> Result:
+    def check(self, raw: bytes, mail_from: str, from_domain: str = "") -> Result:
         """Blocking (DNS, RSA): run it in a thread."""
-        dkim_result, dkim_domain = self._dkim(raw)
+        dkim_result, dkim_domain = self._dkim(raw, from_domain)
         spf_result, spf_domain = NONE, ""
         if dkim_result != PASS:
             spf_result, spf_domain = self._spf(received_client(raw), mail_from)
@@ -262,8 +296,8 @@ class Checker:
                 return policy in ("quarantine", "reject")
         return False
 
-    async def authenticate(self, raw: bytes, mail_from: str) -> Result:
-        return await asyncio.to_thread(self.check, raw, mail_from)
+    async def authenticate(self, raw: bytes, mail_from: str, from_domain: str = "") -> Result:
+        return await asyncio.to_thread(self.check, raw, mail_from, from_domain)
 
 
 def refusal(result: Result, mode: str, author: str, list_name: str, enforced: bool | None) -> str:

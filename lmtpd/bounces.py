@@ -32,6 +32,7 @@ from email.utils import format_datetime, make_msgid
 
 from flufl.bounce import all_failures
 
+from . import headers
 from .config import Config
 from .lists import VACATION_SUBJECT, verp_recipient
 from .queue import enqueue_report, new_queue_id
@@ -62,8 +63,7 @@ class Reading:
 
 
 def _text(value: object) -> str:
-    text = str(value or "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return " ".join(text.split())
+    return headers.one_line(str(value or ""))
 
 
 def _status_blocks(part: Message) -> list[dict[str, str]]:
@@ -313,17 +313,20 @@ def _queue_summary(db: sqlite3.Connection, cfg: Config, now: float) -> str | Non
         lines.append("")
     queue_id = new_queue_id()
     body = "\r\n".join(lines).encode("utf-8")
-    headers = (
-        f"From: Mail Delivery System <MAILER-DAEMON@{cfg.domain}>\r\n"
-        f"To: {cfg.admin}\r\n"
-        f"Subject: lmtpd: delivery disabled for {len(members)} member(s) after bounces\r\n"
-        f"Date: {format_datetime(datetime.fromtimestamp(now, UTC))}\r\n"
-        f"Message-ID: {make_msgid(idstring=queue_id, domain=cfg.domain)}\r\n"
-        "Auto-Submitted: auto-generated\r\n"
-        "MIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        "Content-Transfer-Encoding: 8bit\r\n\r\n"
-    ).encode()
-    enqueue_report(db, queue_id, "", headers + body, now, cfg)
+    block = headers.block(
+        [
+            ("From", f"Mail Delivery System <MAILER-DAEMON@{cfg.domain}>"),
+            ("To", cfg.admin),
+            ("Subject", f"lmtpd: delivery disabled for {len(members)} member(s) after bounces"),
+            ("Date", format_datetime(datetime.fromtimestamp(now, UTC))),
+            ("Message-ID", make_msgid(idstring=queue_id, domain=cfg.domain)),
+            ("Auto-Submitted", "auto-generated"),
+            ("MIME-Version", "1.0"),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Transfer-Encoding", "8bit"),
+        ],
+        utf8=True,
+    )
+    enqueue_report(db, queue_id, "", block + b"\r\n" + body, now, cfg)
     db.executemany("UPDATE members SET disabled_reported = 1 WHERE id = ?", [(m["id"],) for m in members])
     return queue_id

@@ -13,12 +13,12 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
-from email.header import Header, decode_header, make_header
 from email.utils import getaddresses
 from pathlib import Path
 
 import dkim
 
+from . import headers
 from .lists import field_name, header_fields, list_id_value
 
 # Removed from every incoming post before ours are added: list headers of any list,
@@ -54,37 +54,22 @@ class ListStyle:
         return f"[{self.name}]" if self.prefix is None else self.prefix
 
 
-def list_fields(style: ListStyle) -> list[str]:
+def list_fields(style: ListStyle) -> list[bytes]:
     """RFC 2919 and RFC 2369 headers, and Precedence and X-Loop."""
     request = f"{style.name}-request@{style.domain}"
     fields = [
-        f"List-Id: {list_id_value(style.name, style.description, style.domain)}",
-        f"List-Post: <mailto:{style.address}>",
-        f"List-Help: <mailto:{request}?subject=help>",
-        f"List-Subscribe: <mailto:{request}?subject=subscribe>",
-        f"List-Unsubscribe: <mailto:{request}?subject=unsubscribe>",
+        ("List-Id", list_id_value(style.name, style.description, style.domain)),
+        ("List-Post", f"<mailto:{style.address}>"),
+        ("List-Help", f"<mailto:{request}?subject=help>"),
+        ("List-Subscribe", f"<mailto:{request}?subject=subscribe>"),
+        ("List-Unsubscribe", f"<mailto:{request}?subject=unsubscribe>"),
     ]
     if style.owner:
-        fields.append(f"List-Owner: <mailto:{style.owner}>")
+        fields.append(("List-Owner", f"<mailto:{style.owner}>"))
     if style.archive:
-        fields.append(f"List-Archive: <{style.archive}>")
-    fields += ["Precedence: list", f"X-Loop: {style.address}"]
-    return fields
-
-
-def decode_text(value: str) -> str:
-    """An RFC 2047 header value as text; as it is, if it does not decode."""
-    try:
-        return str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError):
-        return value
-
-
-def encode_text(name: str, text: str) -> str:
-    """``Name: text`` ready for the wire: plain if ASCII, else RFC 2047 UTF-8, folded."""
-    if text.isascii():
-        return f"{name}: {text}"
-    return f"{name}: " + Header(text, "utf-8", header_name=name).encode()
+        fields.append(("List-Archive", f"<{style.archive}>"))
+    fields += [("Precedence", "list"), ("X-Loop", style.address)]
+    return [headers.field(name, value) for name, value in fields]
 
 
 def prefixed_subject(subject: str, tag: str) -> str:
@@ -102,18 +87,30 @@ def prefixed_subject(subject: str, tag: str) -> str:
     return f"{'Re: ' if reply else ''}{tag} {rest}".rstrip()
 
 
-def _value(field: bytes) -> str:
-    return field.split(b":", 1)[1].decode("utf-8", "surrogateescape").strip()
-
-
-def _one_address(value: str) -> tuple[str, str] | None:
-    found = [(n, a) for n, a in getaddresses([value]) if a]
-    return found[0] if len(found) == 1 else None
+def _one_address(value: bytes) -> tuple[str, str] | None:
+    """(display name, address) of a From that names exactly one; the name made safe text."""
+    raw = value.split(b":", 1)[1].decode("utf-8", "replace")
+    found = [(n, a) for n, a in getaddresses([" ".join(raw.split())]) if a]
+    if len(found) != 1:
+        return None
+    name, address = found[0]
+    if any(c.isspace() or c in '<>"' or ord(c) < 32 for c in address) or "@" not in address:
+        return None
+    return headers.text(name), address
 
 
 def copy_headers(block: bytes, style: ListStyle, mitigate: bool) -> bytes:
-    """The header block of the list's copy of a post with header block ``block``."""
+    """The header block of the list's copy of a post with header block ``block``.
+
+    Every field built here comes from :mod:`lmtpd.headers`: the poster's Subject
+    and display name are decoded and stripped of control characters first, so an
+    encoded-word that decodes to a line break adds no header line.
+    """
     newline = b"\r\n" if b"\r\n" in block or not block else b"\n"
+
+    def line(f: bytes) -> bytes:
+        return f.replace(b"\r\n", newline) + newline
+
     kept: list[bytes] = []
     author: tuple[str, str] | None = None
     reply_to: bytes | None = None
@@ -125,14 +122,12 @@ def copy_headers(block: bytes, style: ListStyle, mitigate: bool) -> bytes:
             continue
         if name == "subject" and not subject_seen:
             subject_seen = True
-            raw_value = _value(f).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            text = decode_text(" ".join(raw_value.split()))
-            f = encode_text("Subject", prefixed_subject(text, style.tag)).encode() + newline
+            f = line(headers.field("Subject", prefixed_subject(headers.text(f.split(b":", 1)[1]), style.tag)))
         elif name == "from" and mitigate:
-            author = _one_address(decode_text(_value(f)))
+            author = _one_address(f)
             if author is not None:
                 display = author[0] or author[1].split("@")[0]
-                f = _address_field("From", f"{display} via {style.name}", style.address) + newline
+                f = line(headers.address_field("From", f"{display} via {style.name}", style.address))
         elif name == "reply-to":
             reply_to = f
             continue
@@ -141,30 +136,20 @@ def copy_headers(block: bytes, style: ListStyle, mitigate: bool) -> bytes:
             continue
         kept.append(f if f.endswith(b"\n") else f + newline)
     if not subject_seen and style.tag:
-        kept.append(f"Subject: {style.tag}".encode() + newline)
+        kept.append(line(headers.field("Subject", style.tag)))
     extra: list[bytes] = []
     if style.reply_to == "list":
-        extra.append(_address_field("Reply-To", "", style.address) + newline)
+        extra.append(line(headers.address_field("Reply-To", "", style.address)))
         if author is not None:  # the author, no longer in From, goes to Cc
-            cc.append(_address_field("Cc", author[0], author[1]) + newline)
+            cc.append(line(headers.address_field("Cc", author[0], author[1])))
     elif style.reply_to != "poster":
-        extra.append(_address_field("Reply-To", "", style.reply_to) + newline)
+        extra.append(line(headers.address_field("Reply-To", "", style.reply_to)))
     elif author is not None and reply_to is None:
-        extra.append(_address_field("Reply-To", author[0], author[1]) + newline)
+        extra.append(line(headers.address_field("Reply-To", author[0], author[1])))
     elif reply_to is not None:
         extra.append(reply_to if reply_to.endswith(b"\n") else reply_to + newline)
-    ours = newline.join(f.encode() for f in list_fields(style)) + newline
+    ours = b"".join(line(f) for f in list_fields(style))
     return ours + b"".join(kept) + b"".join(extra) + b"".join(c if c.endswith(b"\n") else c + newline for c in cc)
-
-
-def _address_field(name: str, display: str, address: str) -> bytes:
-    """``Name: "Display" <address>``, the display name RFC 2047-encoded if need be."""
-    if not display:
-        return f"{name}: <{address}>".encode()
-    if not display.isascii():
-        return f"{name}: {Header(display, 'utf-8').encode()} <{address}>".encode()
-    quoted = display.replace("\\", "\\\\").replace('"', '\\"')
-    return f'{name}: "{quoted}" <{address}>'.encode()
 
 
 # ------------------------------------------------------------------ DKIM signing

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
 
+from . import headers
+
 _CODE = re.compile(r"^(?:(\d{3})[ -])?([245]\.\d{1,3}\.\d{1,3})\b")
 
 
@@ -49,8 +51,13 @@ def _address_field(address: str) -> str:
 def _diagnostic(reply: str) -> str | None:
     """SMTP replies are ``smtp`` diagnostics; lmtpd's own words get an X- type."""
     if re.match(r"^\d{3}[ -]", reply):
-        return "smtp; " + " ".join(reply.split())
-    return "X-lmtpd; " + " ".join(reply.split()) if reply else None
+        return "smtp; " + headers.one_line(reply)
+    return "X-lmtpd; " + headers.one_line(reply) if reply else None
+
+
+def _fields(pairs: list[tuple[str, str]]) -> list[str]:
+    """Header-style lines, each made by :func:`lmtpd.headers.field` (folded, no stray breaks)."""
+    return headers.block(pairs, utf8=True).decode("utf-8").rstrip("\r\n").split("\r\n") if pairs else []
 
 
 def build_report(
@@ -69,21 +76,24 @@ def build_report(
     """The whole report message, CRLF line endings, ready to queue."""
     boundary = f"{queue_id}.{secrets.token_hex(8)}/{reporting_mta}"
     utf8 = not all(f.recipient.isascii() for f in failures)
-    headers = original_headers.replace(b"\r\n", b"\n").rstrip(b"\n").decode("utf-8", "replace")
-    eight_bit = utf8 or not headers.isascii()
+    original = original_headers.replace(b"\r\n", b"\n").rstrip(b"\n").decode("utf-8", "replace")
+    eight_bit = utf8 or not original.isascii()
     status_type = "message/global-delivery-status" if utf8 else "message/delivery-status"
     delayed = action == "delayed"
     subject = "Delayed delivery" if delayed else "Undelivered copies"
-    lines = [
-        f"From: Mail Delivery System <MAILER-DAEMON@{domain}>",
-        f"To: {admin}",
-        f"Subject: {subject} of a post to {list_name}@{domain}",
-        f"Date: {_date(now)}",
-        f"Message-ID: {make_msgid(idstring=queue_id, domain=domain)}",
-        "Auto-Submitted: auto-replied",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
-        "Content-Transfer-Encoding: 8bit" if eight_bit else "Content-Transfer-Encoding: 7bit",
+    lines = _fields(
+        [
+            ("From", f"Mail Delivery System <MAILER-DAEMON@{domain}>"),
+            ("To", admin),
+            ("Subject", f"{subject} of a post to {list_name}@{domain}"),
+            ("Date", _date(now)),
+            ("Message-ID", make_msgid(idstring=queue_id, domain=domain)),
+            ("Auto-Submitted", "auto-replied"),
+            ("MIME-Version", "1.0"),
+            ("Content-Type", f'multipart/report; report-type=delivery-status; boundary="{boundary}"'),
+            ("Content-Transfer-Encoding", "8bit" if eight_bit else "7bit"),
+        ]
+    ) + [
         "",
         "This is a MIME-encapsulated message.",
         "",
@@ -108,7 +118,7 @@ def build_report(
     lines.append("")
     for f in failures:
         where = f" (at {f.remote_mta})" if f.remote_mta else ""
-        lines.append(f"<{f.recipient}>{where}: {' '.join(f.reply.split())}")
+        lines.append(f"<{f.recipient}>{where}: {headers.one_line(f.reply)}")
     lines += [
         "",
         f"--{boundary}",
@@ -120,26 +130,26 @@ def build_report(
         f"Arrival-Date: {_date(arrival)}",
     ]
     for f in failures:
-        lines += [
-            "",
-            f"Final-Recipient: {_address_field(f.recipient)}",
-            f"Original-Recipient: {_address_field(f.recipient)}",
-            f"Action: {action}",
-            f"Status: {f.status}",
+        fields = [
+            ("Final-Recipient", _address_field(f.recipient)),
+            ("Original-Recipient", _address_field(f.recipient)),
+            ("Action", action),
+            ("Status", f.status),
         ]
         if f.remote_mta:
-            lines.append(f"Remote-MTA: dns; {f.remote_mta}")
+            fields.append(("Remote-MTA", f"dns; {headers.one_line(f.remote_mta)}"))
         diagnostic = _diagnostic(f.reply)
         if diagnostic:
-            lines.append(f"Diagnostic-Code: {diagnostic}")
-        lines.append(f"Last-Attempt-Date: {_date(f.last_attempt)}")
+            fields.append(("Diagnostic-Code", diagnostic))
+        fields.append(("Last-Attempt-Date", _date(f.last_attempt)))
+        lines += ["", *_fields(fields)]
     lines += [
         "",
         f"--{boundary}",
         "Content-Description: Headers of the post",
         "Content-Type: message/global-headers" if eight_bit else "Content-Type: text/rfc822-headers",
         "",
-        *headers.split("\n"),
+        *original.split("\n"),
         "",
         f"--{boundary}--",
         "",

@@ -1,28 +1,27 @@
-"""Ingest: the LMTP side. RCPT checks, the DATA decision per list, one reply each.
+"""Ingest: the decisions at RCPT and after DATA, one reply per recipient.
 
-:class:`IngestHandler` holds the decisions and can be called without a socket;
-:class:`LMTPServer` adds what aiosmtpd's LMTP class lacks for talking to Postfix:
-the right LHLO extensions and exactly one reply per recipient after DATA, even
-when aiosmtpd itself refuses the data or our code fails.
+:class:`IngestHandler` is a plain aiosmtpd handler (``handle_MAIL``, ``handle_RCPT``,
+``handle_DATA``) and can be called without a socket; the protocol details, and
+aiosmtpd's internals, live in :mod:`lmtpd.lmtp`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import Envelope, Session, syntax
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import auth, queue
 from .config import Config
 from .copies import ListStyle, Signer, copy_headers
+from .headers import field as header_field
+from .headers import printable
 from .lists import (
     BOUNCES,
     OWNER,
@@ -37,11 +36,10 @@ from .lists import (
     read_headers,
     split_message,
 )
+from .lmtp import TEMPFAIL, HooksOnly, valid_text, wire_reply
 from .store import FIND_LIST, FIND_MEMBER, Writer, in_list
 
 log = logging.getLogger(__name__)
-
-TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
 
 
 # ------------------------------------------------------------------ decisions
@@ -74,6 +72,7 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
     member = db.execute(FIND_MEMBER, (author,)).fetchone() if author else None
     replies: list[str] = []
     accepted: set[str] = set()
+    handled: set[str] = set()  # bounce, request and owner addresses stored or forwarded
     message_id: int | None = None
     queued = 0  # posts and forwards with copies to send
     day = date.fromtimestamp(post.arrived_at).isoformat()
@@ -85,6 +84,11 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
         if refusal or lst is None or rcpt is None:
             replies.append(refusal)
             continue
+        if rcpt.kind in (BOUNCES, REQUEST, OWNER):  # one row per address, however often it was named
+            if address.lower() in handled:
+                replies.append(f"250 2.0.0 <{address}> {post.queue_id} already accepted")
+                continue
+            handled.add(address.lower())
         if rcpt.kind == BOUNCES:
             _store_bounce(db, post, address, lst["name"], rcpt.extension)
             replies.append(f"250 2.0.0 <{address}> {post.queue_id} bounce stored")
@@ -132,6 +136,11 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
             reply = TEMPFAIL
         db.execute("RELEASE rcpt")
         replies.append(reply)
+    # Encoded here, inside the transaction: a reply that could not be sent would
+    # otherwise turn a committed post into a 451, and every retry into a duplicate.
+    replies = [wire_reply(r) for r in replies]
+    for r in replies:
+        r.encode("utf-8")
     return replies, queued
 
 
@@ -207,7 +216,7 @@ def style(lst: sqlite3.Row, cfg: Config) -> ListStyle:
 
 def forwarded(raw: bytes, address: str) -> bytes:
     """The message as the owner gets it: marked with the address it was sent to."""
-    return f"X-Lmtpd-Forwarded-For: <{address}>\r\n".encode() + raw
+    return header_field("X-Lmtpd-Forwarded-For", f"<{address}>", utf8=True) + b"\r\n" + raw
 
 
 def _check_poster(
@@ -238,27 +247,7 @@ def _check_poster(
     return limit_refusal(lst["name"], limit) if counted is None else ""
 
 
-class _HooksOnly:
-    """For objects aiosmtpd searches for hooks on every new connection.
-
-    Its ``SMTP.__init__`` runs dir() and inspect.getmembers() over the session
-    object and the handler, reading every attribute of both: that costs more than
-    the rest of a one-message LMTP session. These objects name only attributes
-    with the prefixes aiosmtpd looks for, listed once per class.
-    """
-
-    _hook_prefixes: tuple[str, ...] = ()
-
-    def __dir__(self) -> list[str]:
-        cls = type(self)
-        names = cls.__dict__.get("_hook_names")
-        if names is None:
-            names = [name for name in super().__dir__() if name.startswith(cls._hook_prefixes)]
-            cls._hook_names = names
-        return names
-
-
-class IngestHandler(_HooksOnly):
+class IngestHandler(HooksOnly):
     """aiosmtpd hooks: decisions at RCPT and after DATA, durable before any 250."""
 
     _hook_prefixes = ("handle_", "auth_")
@@ -281,12 +270,29 @@ class IngestHandler(_HooksOnly):
         self.clock = clock
         self.on_accepted = on_accepted
 
-    async def handle_RCPT(
-        self, server: LMTPServer, session: Session, envelope: Envelope, address: str, options: list[str]
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if not valid_text(address):
+            return f"553 5.1.7 <{printable(address)}>: sender address is not valid UTF-8"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Every recipient's fate that can be known now is decided now, not after DATA."""
+        if not valid_text(address):
+            return f"553 5.1.3 <{printable(address)}>: recipient address is not valid UTF-8"
         rcpt, refusal = parse_recipient(address, self.cfg.domain, self.cfg.bounces.verp_delimiters[0])
         if rcpt is None:
             return refusal
+        if rcpt.kind == POST and envelope.mail_from in (None, "", "<>"):
+            return (
+                f"550 5.7.1 <{address}>: a list does not take mail from the null sender "
+                f"(bounces go to {rcpt.list_name}-bounces@{self.cfg.domain})"
+            )
         try:  # an indexed read in WAL mode: microseconds, never waits for writers
             lst = self.reader.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
         except sqlite3.Error:
@@ -298,7 +304,7 @@ class IngestHandler(_HooksOnly):
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server: LMTPServer, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         rcpts = list(envelope.rcpt_tos)
         raw = envelope.original_content or b""
         try:
@@ -313,7 +319,7 @@ class IngestHandler(_HooksOnly):
         """The per-recipient replies for one message; 250s only after the commit."""
         headers = read_headers(raw)
         queue_id = queue.new_queue_id()
-        raw, trusted = auth.trusted_results(raw, self.cfg.auth.authserv_id)
+        raw, trusted = auth.trusted_results(raw, self.cfg.auth.authserv_id, self.cfg.hostname)
         lists = self._post_lists(rcpts)
         summary, refusals = await self.authenticate(raw, mail_from, headers, lists, trusted)
         copies = await self.prepare_copies(raw, headers, [lst for lst in lists if lst["name"] not in refusals])
@@ -325,7 +331,10 @@ class IngestHandler(_HooksOnly):
                 queue_id, mail_from, headers.author or "-", rcpt, len(raw), headers.message_id or "-", reply,
             )  # fmt: skip
         if queued and self.on_accepted:
-            self.on_accepted()
+            try:  # committed: whatever happens now, the replies stand
+                self.on_accepted()
+            except Exception:
+                log.exception("%s: could not wake the delivery worker", queue_id)
         return replies
 
     def _post_lists(self, rcpts: list[str]) -> list[sqlite3.Row]:
@@ -346,13 +355,12 @@ class IngestHandler(_HooksOnly):
         modes = {lst["name"]: lst["auth_require"] or self.cfg.auth.require for lst in lists}
         if headers.author is None or all(mode == "none" for mode in modes.values()):
             return "", {}
-        if trusted:
-            result = auth.from_results(trusted, self.cfg.auth.authserv_id)
-        elif self.checker is not None:
-            result = await self.checker.authenticate(raw, mail_from)
-        else:
-            result = auth.Result(auth.TEMPERROR, source="unchecked")
         domain = headers.author.rpartition("@")[2]
+        result = auth.from_results(trusted, self.cfg.auth.authserv_id, domain) if trusted else None
+        if result is None and self.checker is not None:
+            result = await self.checker.authenticate(raw, mail_from, domain)
+        if result is None:
+            result = auth.Result(auth.TEMPERROR, source="unchecked")
         enforced: bool | None = True
         if "dmarc" in modes.values() and not result.aligned_pass(domain):
             enforced = await self._dmarc_enforced(domain)
@@ -398,123 +406,3 @@ class IngestHandler(_HooksOnly):
     async def handle_exception(self, error: Exception) -> str:
         log.error("LMTP session error: %r", error)
         return TEMPFAIL
-
-
-# ------------------------------------------------------------ protocol class
-
-# An RFC 5321 path in its everyday form: <dot-atom@LDH-domain>, then parameters.
-# Quoted local parts, address literals, source routes, comments and UTF-8 are
-# left to aiosmtpd's full parser.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-PLAIN_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:[ \t]+([^\s(].*))?", re.S)
-
-_ENHANCED = {"552": "5.3.4", "500": "5.5.2", "451": "4.3.0", "554": "5.3.0", "421": "4.3.2"}
-
-
-def fan_out(status: str, count: int) -> str:
-    """One aiosmtpd reply line turned into ``count`` LMTP replies, with enhanced codes."""
-    code, _, text = status.partition(" ")
-    parts = text.split(" ", 1)
-    if not (parts and len(parts[0]) >= 5 and parts[0][1] == "." and parts[0][0] in "245"):
-        text = f"{_ENHANCED.get(code, code[0] + '.0.0')} {text}"
-    return "\r\n".join([f"{code} {text}"] * count)
-
-
-class LMTPServer(_HooksOnly, LMTP):
-    """aiosmtpd's LMTP with per-recipient DATA replies guaranteed, for Postfix."""
-
-    _hook_prefixes = ("smtp_", "auth_")
-
-    def __init__(self, handler: IngestHandler, sessions: set[LMTPServer] | None = None, **kwargs):
-        super().__init__(handler, **kwargs)
-        self._sessions = sessions
-        self._data_count = 0  # recipients owed a reply once 354 has been sent
-        self._in_data = False
-
-    # Track live sessions so a shutdown can wait for the busy ones.
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self._sessions is not None:
-            self._sessions.add(self)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._sessions is not None:
-            self._sessions.discard(self)
-        super().connection_lost(error)
-
-    @property
-    def busy(self) -> bool:
-        """Inside a mail transaction (after MAIL, until the DATA replies are out)."""
-        return self._in_data or bool(self.envelope and self.envelope.mail_from)
-
-    def close_idle(self) -> None:
-        """Shutdown: end an idle (cached) session politely."""
-        if self.transport is not None and not self.busy:
-            self._writer.write(b"421 4.3.2 Service shutting down\r\n")
-            self.transport.close()
-
-    @syntax("LHLO hostname")
-    async def smtp_LHLO(self, arg: str) -> None:
-        """RFC 2033 greeting; advertises PIPELINING and ENHANCEDSTATUSCODES too."""
-        if not arg:
-            await self.push("501 5.5.4 Syntax: LHLO hostname")
-            return
-        self._set_rset_state()
-        assert self.session is not None
-        self.session.extended_smtp = True
-        self.session.host_name = arg
-        # a fixed limit: aiosmtpd's EHLO grows this shared value on every greeting
-        self.command_size_limits["MAIL"] = self.command_size_limit + 26 + 10
-        lines = [self.hostname, "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
-        if self.data_size_limit:
-            lines.append(f"SIZE {self.data_size_limit}")
-        for line in lines[:-1]:
-            await self.push(f"250-{line}")
-        await self.push(f"250 {lines[-1]}")
-
-    async def smtp_DATA(self, arg: str) -> None:
-        self._in_data = True
-        try:
-            await super().smtp_DATA(arg)
-        except (ConnectionError, asyncio.CancelledError):
-            raise
-        except Exception:
-            log.exception("LMTP DATA failed")
-            self._set_post_data_state()  # or the next MAIL gets "503 nested MAIL"
-            await self.push(TEMPFAIL)
-        finally:
-            self._in_data = False
-            self._data_count = 0
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parser, skipped for the everyday ``<local@domain>``.
-
-        aiosmtpd defines a class and runs the email package's header parser for
-        every MAIL and RCPT, a tenth of a busy server's time; a plain path gives
-        the same address and parameters at once. The rest goes the long way.
-        """
-        plain = PLAIN_PATH.fullmatch(arg)
-        if plain is None or (self.local_part_limit and len(plain[1].rpartition("@")[0]) > self.local_part_limit):
-            return super()._getaddr(arg)
-        return plain[1], plain[2] or ""
-
-    async def push(self, status: str | bytes) -> None:
-        if self._in_data and isinstance(status, str):
-            status = self._data_reply(status)
-        await super().push(status)
-
-    def _data_reply(self, status: str) -> str:
-        if status.startswith("354"):
-            assert self.envelope is not None
-            self._data_count = len(self.envelope.rcpt_tos)
-            return status
-        count = self._data_count
-        if not count:  # DATA itself refused (no RCPT, syntax): one reply is right
-            return status
-        lines = status.split("\r\n")
-        if len(lines) == 1:
-            return fan_out(status, count)
-        if len(lines) == count:
-            return status
-        log.error("handler gave %d replies for %d recipients; deferring all", len(lines), count)
-        return fan_out(TEMPFAIL, count)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.header import Header, decode_header, make_header
 from email.utils import getaddresses
+
+from . import headers
 
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
@@ -179,48 +180,28 @@ def read_headers(raw: bytes) -> HeaderInfo:
             problem = "From header must name exactly one author address"
         else:
             local, _, domain = addresses[0].rpartition("@")
-            if not local or not domain or any(c.isspace() for c in addresses[0]):
-                problem = "From header address is malformed"
+            if not local or not domain or any(c.isspace() or not c.isprintable() for c in addresses[0]):
+                problem = "From header address is malformed (or not UTF-8)"
             else:
                 author = f"{local}@{domain.lower()}"
     return HeaderInfo(
         author=author,
         from_problem=problem,
-        message_id=_clean((values.get("message-id") or [""])[0]),
-        subject=_decoded((values.get("subject") or [""])[0]),
+        message_id=headers.text((values.get("message-id") or [""])[0]),
+        subject=headers.text((values.get("subject") or [""])[0]),
         list_ids=tuple(values.get("list-id", [])),
         x_loops=tuple(v.lower() for v in values.get("x-loop", [])),
         received=len(values.get("received", [])),
-        auto_submitted=(values.get("auto-submitted") or [""])[0].lower(),
-        precedence=(values.get("precedence") or [""])[0].lower(),
+        auto_submitted=headers.text((values.get("auto-submitted") or [""])[0]).lower(),
+        precedence=headers.text((values.get("precedence") or [""])[0]).lower(),
         autoreply=any(k in values for k in ("x-autoreply", "x-autorespond", "x-vacation")),
     )
-
-
-def _clean(value: object) -> str:
-    text = str(value).encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
-    return " ".join(text.split())
-
-
-def _decoded(value: object) -> str:
-    """An RFC 2047 header as readable text; the raw text if it does not decode."""
-    raw = _clean(value)
-    try:
-        return _clean(make_header(decode_header(raw)))
-    except (ValueError, LookupError, UnicodeError):
-        return raw
 
 
 def list_id_value(name: str, description: str, domain: str) -> str:
     """RFC 2919 List-Id: an optional phrase and ``<name.domain>``."""
     ident = f"<{name}.{domain}>"
-    if not description:
-        return ident
-    if description.isascii():
-        phrase = '"' + description.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    else:
-        phrase = Header(description, "utf-8").encode()
-    return f"{phrase} {ident}"
+    return f"{headers.phrase(description)} {ident}" if description else ident
 
 
 VACATION_SUBJECT = re.compile(

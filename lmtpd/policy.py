@@ -23,13 +23,14 @@ from collections.abc import Callable
 from datetime import date
 
 from .config import Config
+from .headers import printable
 from .lists import POST, daily_limit, limit_refusal, parse_recipient, poster_refusal
+from .lmtp import TEMPFAIL
 from .store import FIND_LIST, FIND_MEMBER, in_list, normalize_address, posts_today
 
 log = logging.getLogger(__name__)
 
 DUNNO = "DUNNO"
-TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
 MAX_LINE = 64 * 1024  # a longer line is no policy request: drop the connection
 MAX_ATTRIBUTES = 100
 
@@ -83,15 +84,42 @@ def tls_refusal(request: dict[str, str], cfg: Config) -> str:
     return ""
 
 
-def parse_request(lines: list[bytes]) -> dict[str, str] | None:
-    """The attributes of one request, or None if a line is not ``name=value``."""
+class BadRequest(ValueError):
+    """A request that cannot be read as Postfix writes them; the reason is for the log."""
+
+
+def parse_request(lines: list[bytes]) -> dict[str, str]:
+    """The attributes of one request; :class:`BadRequest` if it is not one.
+
+    Values that are not valid UTF-8 are read with U+FFFD in place of the bad bytes:
+    such a sender or recipient matches no member and no list, so it is refused
+    like any stranger, never waved through.
+    """
+    if len(lines) > MAX_ATTRIBUTES:
+        raise BadRequest(f"more than {MAX_ATTRIBUTES} attributes")
     attrs: dict[str, str] = {}
     for raw in lines:
-        name, eq, value = raw.decode("utf-8", "surrogateescape").partition("=")
-        if not eq or not name or not name.replace("_", "").isalnum():
-            return None
-        attrs[name] = value
+        name, eq, value = raw.partition(b"=")
+        if not eq or not name or not name.replace(b"_", b"").isalnum() or not name.isascii():
+            raise BadRequest(f"not a name=value line: {raw[:80]!r}")
+        try:
+            attrs[name.decode("ascii")] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("policy request: %s is not valid UTF-8: %r", name.decode("ascii"), value[:200])
+            attrs[name.decode("ascii")] = value.decode("utf-8", "replace")
     return attrs
+
+
+# A request we cannot read is answered, never with DUNNO: with it a stranger's post
+# would pass this check, and lmtpd's refusal after DATA would become a bounce to a
+# possibly forged sender. DEFER_IF_PERMIT makes Postfix answer 450 if the rest of
+# its rules would have let the mail in; the log says what was wrong.
+UNREADABLE = "DEFER_IF_PERMIT policy request could not be read; try again later"
+
+
+def wire_action(action: str) -> str:
+    """An action line Postfix can take: printable ASCII, on one line."""
+    return printable(action).encode("ascii", "replace").decode("ascii")
 
 
 class PolicyServer:
@@ -117,7 +145,7 @@ class PolicyServer:
                     line = line.rstrip(b"\r\n")
                     if not line:
                         break
-                    if len(lines) < MAX_ATTRIBUTES:
+                    if len(lines) <= MAX_ATTRIBUTES:  # one more: enough to tell it is too many
                         lines.append(line)
                 writer.write(f"action={self.answer(lines)}\n\n".encode())
                 await writer.drain()
@@ -130,12 +158,13 @@ class PolicyServer:
 
     def answer(self, lines: list[bytes]) -> str:
         self.requests += 1
-        request = parse_request(lines)
-        if request is None:
-            log.warning("malformed policy request: %r", lines[:5])
-            return DUNNO
         try:
-            action = decide(request, self.reader, self.cfg, self.clock())
+            request = parse_request(lines)
+        except BadRequest as exc:
+            log.warning("policy request refused: %s", exc)
+            return UNREADABLE
+        try:
+            action = wire_action(decide(request, self.reader, self.cfg, self.clock()))
         except Exception:
             log.exception("policy decision failed for %r", request.get("recipient"))
             return TEMPFAIL

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
+from . import headers
 from .queue import isotime
 from .store import fetchall, fetchone, find_list, find_member, normalize_address
 
@@ -37,7 +38,7 @@ def check_list_name(name: str) -> str:
 
 def check_address(address: str) -> str:
     address = address.strip()
-    if not _ADDRESS.match(address) or len(address) > 254:
+    if not _ADDRESS.match(address) or len(address) > 254 or not address.isprintable():
         raise RosterError(f"not a valid email address: {address!r}")
     return normalize_address(address)
 
@@ -61,6 +62,11 @@ class ListSettings:
 
 async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: ListSettings = ListSettings()) -> None:
     name = check_list_name(name)
+    check_name("the description", settings.description)
+    check_name("the subject prefix", settings.subject_prefix or "")
+    check_name("the archive URL", settings.archive_url)
+    if any(c in settings.archive_url for c in "<> \"'"):
+        raise RosterError(f"not a usable archive URL: {settings.archive_url!r}")
     reply_to = settings.reply_to
     if reply_to not in ("poster", "list"):
         reply_to = check_address(reply_to)
@@ -109,16 +115,23 @@ async def _list_ids(db: aiosqlite.Connection, names: list[str]) -> dict[str, int
     return ids
 
 
-async def check_not_a_list(db: aiosqlite.Connection, address: str, club_domain: str) -> None:
-    """A list (or its bounce address) as a member would mail itself forever."""
-    local, _, domain = address.rpartition("@")
-    if domain.lower() != club_domain:
-        return
-    base = local.lower()
-    for suffix in _RESERVED_SUFFIXES:
-        base = base.removesuffix(suffix)
-    if await find_list(db, base):
-        raise RosterError(f"{address} is an address of the list {base}, not a member")
+def check_not_ours(address: str, club_domain: str) -> None:
+    """Every address of the club domain is lmtpd's own: a list, its bounce (VERP),
+    request or owner address. Postfix hands all of them to lmtpd, so a member there
+    would never receive a copy, and a list address as a member would mail itself."""
+    if address.rpartition("@")[2].lower() == club_domain:
+        raise RosterError(
+            f"{address} is in the club domain {club_domain}, whose addresses are lmtpd's own "
+            "(lists, bounce, request and owner addresses): it cannot be a member"
+        )
+
+
+def check_name(what: str, value: str) -> str:
+    """An administrator's text that ends up in headers or listings: one line, no controls."""
+    try:
+        return headers.check_text(what, value)
+    except headers.HeaderValueError as exc:
+        raise RosterError(str(exc)) from None
 
 
 async def add_member(
@@ -126,7 +139,8 @@ async def add_member(
 ) -> tuple[bool, list[str]]:
     """Add (or update) a member and subscribe to ``lists``; return (created, lists added)."""
     address = check_address(address)
-    await check_not_a_list(db, address, club_domain)
+    check_not_ours(address, club_domain)
+    check_name("a member's name", name)
     ids = await _list_ids(db, lists)
     member = await find_member(db, address)
     created = member is None
@@ -247,6 +261,7 @@ def parse_roster(text: str) -> tuple[list[RosterRow], list[str]]:
         cells = [c.strip() for c in record] + ["", ""]
         try:
             address = check_address(cells[0])
+            check_name("the name", cells[1])
             lists = tuple(check_list_name(n) for n in re.split(r"[;\s]+", cells[2]) if n)
         except RosterError as exc:
             errors.append(f"line {line}: {exc}")

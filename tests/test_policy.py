@@ -114,14 +114,30 @@ async def test_member_at_the_daily_limit_is_refused_at_rcpt(policy, clock: Clock
     w.close()
 
 
-async def test_malformed_requests_get_dunno_and_the_connection_survives(policy):
+async def test_unreadable_requests_are_deferred_never_waved_through(policy):
+    """A request we cannot read gets DEFER_IF_PERMIT, not DUNNO; the connection goes on."""
     cfg, _ = policy
     r, w = await connect(cfg)
-    assert await ask(r, w, b"this is not a policy request\nnor=this\n\n") == "DUNNO"
-    assert await ask(r, w, b"=novalue\n\n") == "DUNNO"
+    assert (await ask(r, w, b"this is not a policy request\nnor=this\n\n")).startswith("DEFER_IF_PERMIT ")
+    assert (await ask(r, w, b"=novalue\n\n")).startswith("DEFER_IF_PERMIT ")
     assert await ask(r, w, b"request=something_else\nrecipient=youth@myclub.org\n\n") == "DUNNO"
+    # a stranger's request padded past 100 attributes: once DUNNO, so the stranger passed
+    padded = request(sender="stranger@example.org", recipient="youth@myclub.org")
+    padding = b"".join(b"x_pad%d=1\n" % i for i in range(120))
+    assert (await ask(r, w, padding + padded)).startswith("DEFER_IF_PERMIT ")
     action = await ask(r, w, request(sender="stranger@example.org", recipient="youth@myclub.org"))
     assert action.startswith("550 5.7.1")
+    w.close()
+
+
+async def test_attributes_that_are_not_utf8_get_a_clear_answer(policy):
+    cfg, _ = policy
+    r, w = await connect(cfg)
+    stranger = request(sender="anna@example.net", recipient="youth@myclub.org").replace(b"anna@", b"an\xffna@")
+    assert (await ask(r, w, stranger)).startswith("550 5.7.1 <an?na@example.net> is not a member")
+    odd_list = request(sender="anna@example.net", recipient="youth@myclub.org").replace(b"youth@", b"yo\xffuth@")
+    assert (await ask(r, w, odd_list)).startswith("550 5.1.1 <yo?uth@myclub.org>: no such list")
+    assert await ask(r, w, request(sender="anna@example.net", recipient="youth@myclub.org")) == "DUNNO"
     w.close()
 
 

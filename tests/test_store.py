@@ -9,7 +9,8 @@ import pytest
 
 from lmtpd import store
 from lmtpd.config import Config
-from lmtpd.ingest import TEMPFAIL, IngestHandler
+from lmtpd.ingest import IngestHandler
+from lmtpd.lmtp import TEMPFAIL
 from lmtpd.queue import FANOUT, enqueue_post
 from lmtpd.store import Writer, connect_sync
 
