@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from .config import Config, ConfigError, config_path, load
 from .copies import Signer, SigningError, dns_record
 from .daemon import ListenError, Service, run_delivery
 from .delivery import Worker
+from .headers import printable
 from .store import SchemaError, StoreError, Writer, connect_sync, open_database, transaction, upgrade
 
 T = TypeVar("T")
@@ -77,9 +79,16 @@ class State:
             fail(f"database: {exc}", os.EX_CONFIG)
         except StoreError as exc:
             fail(f"database: {exc}", os.EX_IOERR)
+        except sqlite3.Error as exc:  # locked, read-only, disk full...: the operator's to fix
+            fail(f"database {cfg.database}: {exc}", os.EX_IOERR)
 
 
 pass_state = click.make_pass_decorator(State)
+
+
+def say(text: str) -> None:
+    """Print text that may hold what outsiders wrote (subjects, replies): controls escaped."""
+    click.echo(printable(text))
 
 
 def emit_json(value: object) -> None:
@@ -92,8 +101,8 @@ def emit(rows: list[dict], as_json: bool, line: Callable[[dict], str], empty: st
     elif not rows:
         click.echo(empty)
     else:
-        for row in rows:
-            click.echo(line(row))
+        for row in rows:  # names and descriptions may hold anything an old database kept
+            click.echo(printable(line(row)))
 
 
 def setup_logging(verbose: int) -> None:
@@ -156,6 +165,8 @@ def serve(state: State, upgrade: bool) -> None:
         fail(f"database: {exc}", os.EX_CONFIG)
     except StoreError as exc:
         fail(f"database: {exc}", os.EX_IOERR)
+    except sqlite3.Error as exc:
+        fail(f"database {cfg.database}: {exc}", os.EX_IOERR)
     except ListenError as exc:
         fail(str(exc), os.EX_OSERR)
     except SigningError as exc:
@@ -177,6 +188,8 @@ def deliver(state: State, nice: int, from_serve: bool) -> None:
         fail(f"database: {exc}", os.EX_CONFIG)
     except StoreError as exc:
         fail(f"database: {exc}", os.EX_IOERR)
+    except sqlite3.Error as exc:
+        fail(f"database {cfg.database}: {exc}", os.EX_IOERR)
 
 
 # ----------------------------------------------------------------------- db
@@ -424,20 +437,20 @@ def queue_show(state: State, queue_id: str, as_json: bool) -> None:
     info = state.run(lambda db: queue_admin.show(db, queue_id))
     if as_json:
         return emit_json(info)
-    click.echo(f"queue id:   {info['queue_id']} ({info['kind']})")
-    click.echo(f"arrived:    {info['arrived']}")
-    click.echo(f"from:       <{info['mail_from']}> (author {info['author']})")
-    click.echo(f"lists:      {', '.join(info['lists']) or '-'}")
-    click.echo(f"size:       {info['size']} bytes")
-    click.echo(f"auth:       {info['auth'] or '-'}")
+    say(f"queue id:   {info['queue_id']} ({info['kind']})")
+    say(f"arrived:    {info['arrived']}")
+    say(f"from:       <{info['mail_from']}> (author {info['author']})")
+    say(f"lists:      {', '.join(info['lists']) or '-'}")
+    say(f"size:       {info['size']} bytes")
+    say(f"auth:       {info['auth'] or '-'}")
     click.echo("copies:")
     for d in info["deliveries"]:
         extra = f" next={d['next_attempt']}" if d["next_attempt"] else ""
         tls = f" tls={d['tls']}" if d["tls"] else ""
-        click.echo(f"  {d['recipient']}  {d['state']}  attempts={d['attempts']}{extra}{tls}  {d['last_reply'] or '-'}")
+        say(f"  {d['recipient']}  {d['state']}  attempts={d['attempts']}{extra}{tls}  {d['last_reply'] or '-'}")
     click.echo("headers:")
     for line in info["headers"].splitlines():
-        click.echo(f"  {line}")
+        say(f"  {line}")
 
 
 @queue_group.command("flush")
@@ -576,9 +589,12 @@ def dkim_keygen(state: State, selector: str | None, bits: int, out: str | None) 
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+    except OSError as exc:
+        fail(f"cannot write the key to {path}: {exc.strerror or exc}", os.EX_CANTCREAT)
     public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     click.echo(f'private key written to {path}; publish this record, then set [dkim] selector = "{selector}":')
     click.echo(dns_record(selector, cfg.domain, public))
@@ -659,9 +675,10 @@ def bounces_show(state: State, bounce_id: int, as_json: bool) -> None:
         "counted",
         "processed",
     ):
-        click.echo(f"{key + ':':12s}{info[key]}")
+        say(f"{key + ':':12s}{info[key]}")
     click.echo("")
-    click.echo(info["message"])
+    for line in str(info["message"]).splitlines():
+        say(line)
 
 
 def run() -> None:

@@ -40,7 +40,10 @@ class Listen:
 class LmtpConfig:
     listen: Listen
     max_message_size: int = 10 * 1024 * 1024
-    timeout: float = 900.0
+    # Postfix opens at most lmtp_destination_concurrency_limit (20) sessions to us;
+    # the rest is room for a raised limit and other transports, far below 1024 fds
+    max_connections: int = 100
+    timeout: float = 300.0  # seconds of silence from the client (Postfix's smtpd_timeout)
     shutdown_grace: float = 30.0
 
 
@@ -55,7 +58,12 @@ class RelayConfig:
     password: str = ""
     connections: int = 10
     connections_per_destination: int = 4
-    timeout: float = 60.0
+    timeout: float | None = None  # if set, no stage below waits longer (the former single timeout)
+    connect_timeout: float = 30.0  # per SMTP stage, as Postfix's smtp_*_timeout (RFC 5321 4.5.3.2)
+    helo_timeout: float = 300.0  # the greeting, EHLO, STARTTLS, AUTH
+    mail_timeout: float = 300.0  # MAIL, RCPT, RSET
+    data_timeout: float = 120.0  # DATA, until the 354
+    data_done_timeout: float = 600.0  # the message and the reply to its final dot
     batch: int = 200
     tls_ca_file: Path | None = None  # more trust anchors for certificate checks
 
@@ -72,6 +80,8 @@ class QueueConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     listen: Listen | None = None  # no policy service unless set
+    max_connections: int = 1000  # one per smtpd process: ten times Postfix's default_process_limit
+    timeout: float = 600.0  # idle seconds; Postfix closes first (smtpd_policy_service_max_idle = 300)
     require_tls: bool = False
     trusted_clients: tuple[str, ...] = ()  # client certificate fingerprints or subjects
 
@@ -178,6 +188,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     lmtp_cfg = LmtpConfig(
         listen=listen,
         max_message_size=lmtp.integer("max_message_size", LmtpConfig.max_message_size, low=1024),
+        max_connections=lmtp.integer("max_connections", LmtpConfig.max_connections, low=1, high=10000),
         timeout=lmtp.number("timeout", LmtpConfig.timeout, low=10),
         shutdown_grace=lmtp.number("shutdown_grace", LmtpConfig.shutdown_grace, low=0),
     )
@@ -198,7 +209,12 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         connections_per_destination=relay.integer(
             "connections_per_destination", RelayConfig.connections_per_destination, low=1, high=1000
         ),
-        timeout=relay.number("timeout", RelayConfig.timeout, low=1),
+        timeout=relay.number("timeout", 60.0, low=1) if "timeout" in relay.data else None,
+        connect_timeout=relay.number("connect_timeout", RelayConfig.connect_timeout, low=1),
+        helo_timeout=relay.number("helo_timeout", RelayConfig.helo_timeout, low=1),
+        mail_timeout=relay.number("mail_timeout", RelayConfig.mail_timeout, low=1),
+        data_timeout=relay.number("data_timeout", RelayConfig.data_timeout, low=1),
+        data_done_timeout=relay.number("data_done_timeout", RelayConfig.data_done_timeout, low=1),
         batch=relay.integer("batch", RelayConfig.batch, low=1, high=10000),
         tls_ca_file=(Path(ca_file) if Path(ca_file).is_absolute() else base / ca_file) if ca_file else None,
     )
@@ -222,6 +238,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     limits.done()
     policy_cfg = PolicyConfig(
         listen=_listen(policy, "listen", base) if "listen" in policy.data else None,
+        max_connections=policy.integer("max_connections", PolicyConfig.max_connections, low=1, high=10000),
+        timeout=policy.number("timeout", PolicyConfig.timeout, low=10),
         require_tls=policy.boolean("require_tls", False),
         trusted_clients=tuple(policy.strings("trusted_clients")),
     )

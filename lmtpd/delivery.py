@@ -1,11 +1,18 @@
 """The delivery worker: claim due copies, relay them, record what happened.
 
 ``serve`` runs it continuously (woken by ingest right after a commit, so a copy
-leaves within moments of its 250); ``queue flush`` runs the same passes from the
-command line. A pass groups the claimed copies by destination (the smarthost, or
-the recipient domain in MX mode), sends each group over a few sessions that carry
-many transactions, and writes every result back in one job, together with any
-report to the administrator that the results complete.
+leaves within moments of its 250); ``queue flush`` runs it until nothing is due.
+
+As Postfix's queue manager, it keeps claiming while it delivers. Claimed copies
+join their destination's backlog (the smarthost, or the recipient domain in MX
+mode), and each destination has lanes of its own: sessions that carry one
+transaction after another until the backlog is empty. A destination starts with
+one lane and earns more (up to ``connections_per_destination``) once a host has
+greeted; in MX mode it never takes all ``connections`` slots. So a tarpit holds one
+slot and its own copies, while the other destinations and the next claims go on.
+Leases are renewed while copies are in flight, so a flush from elsewhere never
+takes a copy that is still being worked on. Every outcome is written back at once,
+with any report to the administrator that it completes.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import dns.asyncresolver
 
@@ -33,6 +41,39 @@ Progress = Callable[[int], None]
 
 SMARTHOST = "[smarthost]"
 IDLE_SESSION_SECONDS = 10.0  # close cached sessions unused this long
+LEASE_CHECK_SECONDS = 1.0  # how often the worker looks whether its leases need renewing
+ACTIVE_BATCHES = 4  # copies held at once: at most this many batches (Postfix's active queue)
+
+
+@dataclass(eq=False)
+class _Pass:
+    """The copies one claim took; finished when every one has an outcome."""
+
+    left: int
+    progress: Progress | None = None
+    recorded: list[asyncio.Future[list[str]]] = field(default_factory=list)
+    unreachable: int = 0
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def counts(self) -> Counter[str]:
+        await self.finished.wait()
+        counts: Counter[str] = Counter()
+        for states in await asyncio.gather(*self.recorded):
+            counts.update(states)
+        counts["unreachable"] = self.unreachable
+        return +counts
+
+
+@dataclass(eq=False)
+class _Destination:
+    """One destination's claimed copies and the lanes working on them."""
+
+    name: str
+    backlog: deque[queue.Delivery] = field(default_factory=deque)
+    held: int = 0  # claimed, no outcome yet: in the backlog or being carried
+    lanes: int = 0  # running, or waiting for a connection slot
+    greeted: Host | None = None  # the host that answered: lanes beyond the first start there
+    last_error: Outcome = field(default_factory=lambda: Outcome(0, "4.4.1 no host to try"))
 
 
 class Worker:
@@ -44,54 +85,83 @@ class Worker:
         clock: Clock,
         rng: random.Random | None = None,
         resolver: dns.asyncresolver.Resolver | None = None,
+        owner: str | None = None,
     ):
         self.cfg = cfg
         self.writer = writer
         self.reader = reader
         self.clock = clock
         self.rng = rng
-        self.owner = queue.lease_owner()
+        self.owner = owner or queue.lease_owner()
         relay = cfg.relay
         self.smarthost = relay.mode == "smarthost"
         self.resolver = resolver or (None if self.smarthost else make_resolver(cfg.dns.nameservers, cfg.dns.timeout))
         self.contexts = tls_contexts(str(relay.tls_ca_file) if relay.tls_ca_file else None)
         self.slots = asyncio.Semaphore(relay.connections)
+        # in MX mode one destination never takes every slot: one is always left for the others
+        per_destination = min(relay.connections_per_destination, relay.connections - 1)
+        self.per_destination = relay.connections if self.smarthost else max(1, per_destination)
         self.verp = cfg.bounces.verp_delimiters if cfg.bounces.verp else ""
         self.idle: dict[str, list[Session]] = {}  # destination -> sessions kept open
+        self._dests: dict[str, _Destination] = {}
+        self._flight: dict[int, tuple[_Pass, _Destination]] = {}  # delivery id -> its pass, destination
+        self._copies: dict[int, bytes] = {}  # post id -> the bytes that go out
+        self._copy_users: Counter[int] = Counter()  # post id -> copies in flight that need them
+        self._lanes: set[asyncio.Task[None]] = set()
+        self._keeper: asyncio.Task[None] | None = None
+        self._renewed_at = 0.0  # every lease in flight runs until at least this + lease
+        self._refill = False  # the last claim was held back by limits: claim again once room is made
+        self._settled_since_claim = 0
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._closing = False
 
     def wake(self) -> None:
         """Called after ingest committed new copies."""
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Deliver until :meth:`stop`; sleeps until woken or until a retry is due."""
+        """Deliver until :meth:`stop`; sleeps until woken, a retry is due or lanes made room.
+
+        Claiming never waits for a lane: copies for other destinations, and new posts,
+        are claimed and sent while a slow host keeps its own lanes busy.
+        """
         released = await self.writer.submit(queue.release_dead_leases)
         if released:
             log.info("released %d copies claimed by a process that is gone", released)
         while not self._stopping:
+            self._wakeup.clear()
+            claimed = 0
             try:
-                if await self.deliver_due():
-                    continue
+                claimed = await self._fill()
                 due = queue.next_due(self.reader) if self.reader is not None else None
             except Exception:
                 log.exception("delivery pass failed; retrying shortly")
                 due = None
             await self._close_idle(IDLE_SESSION_SECONDS)
-            delay = 5.0 if due is None else min(max(due - self.clock(), 0.05), 5.0)
+            now = self.clock()
+            if due is None or (due <= now and not claimed):
+                delay = 5.0  # nothing due, or only copies that wait for room in their lanes
+            else:
+                delay = min(max(due - now, 0.05), 5.0)
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
             except TimeoutError:
                 pass
-            self._wakeup.clear()
+        while self._lanes:  # the lanes finish what they hold (stop_worker bounds the wait)
+            await asyncio.wait(set(self._lanes))
 
     async def stop(self) -> None:
         self._stopping = True
         self._wakeup.set()
 
     async def close(self) -> None:
-        """Close relay sessions and hand back any row still leased to us."""
+        """Stop the lanes, close relay sessions and hand back any row still leased to us."""
+        self._stopping = self._closing = True
+        tasks = [*self._lanes, *([self._keeper] if self._keeper else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._close_idle(0)
         try:
             await self.writer.submit(lambda db: queue.release_leases(db, self.owner))
@@ -102,131 +172,261 @@ class Worker:
         """Attempt every pending copy (of one message, or all) now, once; count outcomes."""
         now = self.clock()
         await self.writer.submit(lambda db: queue.make_all_due(db, now, queue_id))
-        totals: Counter[str] = Counter()
+        passes: list[_Pass] = []
         while True:
-            counts = await self.deliver_due(queue_id, progress)
-            if not counts:
-                return totals
-            totals.update(counts)
+            self._wakeup.clear()
+            await self._fill(queue_id, progress, passes)
+            if not self._flight:
+                break
+            await self._wakeup.wait()  # room was made, or everything has an outcome
+        totals: Counter[str] = Counter()
+        for p in passes:
+            totals.update(await p.counts())
+        return +totals
 
     async def deliver_due(self, queue_id: str | None = None, progress: Progress | None = None) -> Counter[str]:
         """One pass: claim a batch of due copies, relay them, record results."""
-        now = self.clock()
+        p, _ = await self._claim(queue_id, progress)
+        return await p.counts() if p is not None else Counter()
+
+    # ------------------------------------------------------------ claiming
+
+    async def _fill(
+        self, queue_id: str | None = None, progress: Progress | None = None, keep: list[_Pass] | None = None
+    ) -> int:
+        """Claim due copies while there is room for them; return how many."""
+        total = 0
+        while not self._stopping:
+            p, full = await self._claim(queue_id, progress)
+            if p is None:
+                break
+            total += p.left
+            if keep is not None:
+                keep.append(p)
+            if not full:
+                break
+        return total
+
+    async def _claim(self, queue_id: str | None, progress: Progress | None) -> tuple[_Pass | None, bool]:
+        """Claim as many due copies as there is room for and hand them to their lanes.
+
+        Room: ``batch`` per claim, as many batches in flight as ACTIVE_BATCHES, and at
+        most a batch per destination; a destination that holds that many is skipped,
+        so the copies of the others are not crowded out by a slow one. Returns the
+        pass and whether the claim was full (more may be due).
+        """
         batch = self.cfg.relay.batch
+        limit = min(batch, batch * ACTIVE_BATCHES - len(self._flight))
+        skip: tuple[str, ...] = ()
+        if self.smarthost:
+            dest = self._dests.get(SMARTHOST)
+            limit = min(limit, batch - (dest.held if dest else 0))
+        else:
+            skip = tuple(sorted(name for name, d in self._dests.items() if d.held >= batch))
+        self._refill = limit < batch or bool(skip)
+        self._settled_since_claim = 0
+        if limit <= 0:
+            return None, False
+        now = self.clock()
+        lease = self.cfg.queue.lease
         deliveries, copies = await self.writer.submit(
-            lambda db: queue.claim(db, self.owner, now, self.cfg.queue.lease, batch, queue_id, self.verp)
+            lambda db: queue.claim(db, self.owner, now, lease, limit, queue_id, self.verp, skip)
         )
         if not deliveries:
-            return Counter()
-        groups: dict[str, list[queue.Delivery]] = {}
+            return None, False
+        if not self._flight:
+            self._renewed_at = now
+        p = _Pass(len(deliveries), progress)
+        self._copies.update(copies)
+        touched: dict[str, _Destination] = {}
         for d in deliveries:
-            groups.setdefault(SMARTHOST if self.smarthost else d.domain, []).append(d)
-        recorded: list[asyncio.Future[list[str]]] = []
-        unreachable = 0
+            name = SMARTHOST if self.smarthost else d.domain
+            dest = self._dests.get(name)
+            if dest is None:
+                dest = self._dests[name] = _Destination(name, last_error=Outcome(0, f"4.4.1 no host to try for {name}"))
+            dest.backlog.append(d)
+            dest.held += 1
+            self._flight[d.id] = (p, dest)
+            self._copy_users[d.post_id] += 1
+            touched[name] = dest
+        for dest in touched.values():
+            self._start_lanes(dest)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_leases(), name="lmtpd-leases")
+        return p, len(deliveries) == limit
 
-        def done(d: queue.Delivery, outcome: Outcome) -> None:
-            """Record each outcome at once (group commit makes that cheap): a crash then
-            resends at most the copies in flight, not a whole batch."""
-            nonlocal unreachable
-            attempt = queue.Attempt(d, outcome.sent, outcome.permanent, outcome.reply, outcome.remote, outcome.tls)
-            at = self.clock()
-            recorded.append(
-                asyncio.ensure_future(
-                    self.writer.submit(lambda db: queue.record(db, [attempt], at, self.cfg, self.rng))
+    async def _keep_leases(self) -> None:
+        """While copies are in flight, renew their leases once a third of the lease has gone.
+
+        Sessions may take long (a tarpit, a 10-minute final reply); without this a
+        copy could outlive its lease and a flush from elsewhere send it again. The
+        worker's clock decides, so tests can move time; the check runs every second.
+        """
+        lease = self.cfg.queue.lease
+        while self._flight:
+            await asyncio.sleep(LEASE_CHECK_SECONDS)
+            now = self.clock()
+            if not self._flight or now - self._renewed_at < lease / 3:
+                continue
+            ids, until = sorted(self._flight), now + lease
+            try:
+                kept = await self.writer.submit(
+                    lambda db, ids=ids, until=until: queue.renew_leases(db, self.owner, ids, until)
                 )
-            )
-            unreachable += not outcome.remote and not outcome.permanent
-            status = "sent" if outcome.sent else "bounced" if outcome.permanent else "deferred"
-            log.info(
-                "%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, status=%s (%s)",
-                d.queue_id, d.recipient, outcome.remote or "none", at - d.created_at,
-                outcome.tls or "-", status, outcome.reply,
-            )  # fmt: skip
-            if progress:
-                progress(1)
+            except Exception:
+                log.exception("could not renew leases; trying again")
+                continue
+            self._renewed_at = now
+            lost = [i for i in ids if i not in kept and i in self._flight]
+            if lost:
+                self._drop(lost)
 
-        await asyncio.gather(*(self._destination(dest, items, copies, done) for dest, items in groups.items()))
-        counts: Counter[str] = Counter()
-        for states in await asyncio.gather(*recorded):
-            counts.update(states)
-        counts["unreachable"] = unreachable
-        return +counts
+    def _drop(self, ids: list[int]) -> None:
+        """Copies whose lease is no longer ours: not sent from here (one already in a
+        transaction cannot be called back)."""
+        lost = set(ids)
+        for dest in {self._flight[i][1] for i in ids}:
+            dropped = [d for d in dest.backlog if d.id in lost]
+            for d in dropped:
+                dest.backlog.remove(d)
+                p, _ = self._flight.pop(d.id)
+                log.warning("%s: to=<%s>: lease lost; left to its new owner", d.queue_id, d.recipient)
+                self._finish(p, dest, d.post_id)
 
-    async def _destination(
-        self,
-        dest: str,
-        items: list[queue.Delivery],
-        copies: dict[int, bytes],
-        done: Callable[[queue.Delivery, Outcome], None],
-    ) -> None:
-        """Deliver one destination's copies over at most connections_per_destination sessions."""
-        try:
-            hosts = await self._route(dest)
-        except RouteError as exc:
-            for d in items:
-                done(d, Outcome(0, exc.reply, exc.permanent))
+    # ------------------------------------------------------------- lanes
+
+    def _start_lanes(self, dest: _Destination) -> None:
+        """Lanes up to the destination's limit, one until a host has greeted."""
+        if self._closing:
             return
-        todo = deque(items)
-        limit = self.cfg.relay.connections if self.smarthost else self.cfg.relay.connections_per_destination
-        lanes = min(limit, len(items))
-        alive = [lanes]  # lanes still able to send: the last one to give up settles the rest
-        await asyncio.gather(*(self._lane(dest, hosts, todo, copies, done, alive) for _ in range(lanes)))
+        want = min(self.per_destination if dest.greeted is not None else 1, dest.held)
+        while dest.lanes < want:
+            dest.lanes += 1
+            task = asyncio.get_running_loop().create_task(self._lane(dest), name=f"lmtpd-lane {dest.name}")
+            self._lanes.add(task)
+            task.add_done_callback(self._lanes.discard)
+
+    async def _lane(self, dest: _Destination) -> None:
+        """One lane's life; the last lane to give up settles what it could not send."""
+        try:
+            await self._work(dest)
+        except Exception as exc:
+            log.exception("delivery to %s failed", dest.name)
+            dest.last_error = Outcome(0, f"4.3.0 local error: {exc}")
+        finally:
+            dest.lanes -= 1
+            if dest.lanes == 0 and not self._closing:
+                while dest.backlog:  # nobody can reach the destination now: next attempt
+                    self._settle(dest.backlog.popleft(), dest.last_error)
+            self._forget(dest)
+
+    async def _work(self, dest: _Destination) -> None:
+        """Transactions over one session until the destination's backlog runs out.
+
+        A session that breaks (refused connection, 421, dropped mid-transaction) moves
+        on to the next MX host; the copy it was carrying goes there too, within the
+        attempt. A cached session that turns out closed is simply reopened. The route
+        is looked up before taking a slot: a slow DNS answer holds no connection.
+        """
+        try:
+            hosts = await self._route(dest.name)
+        except RouteError as exc:
+            outcome = Outcome(0, exc.reply, exc.permanent)
+            while dest.backlog:
+                self._settle(dest.backlog.popleft(), outcome)
+            return
+        async with self.slots:
+            session = self._cached(dest.name)
+            next_host = hosts.index(dest.greeted) if dest.greeted in hosts else 0  # hosts before it failed
+            tries: Counter[int] = Counter()
+            d: queue.Delivery | None = None
+            try:
+                while dest.backlog:
+                    if session is None:
+                        session, next_host, dest.last_error = await self._open(hosts, next_host, dest.last_error)
+                        if session is None:
+                            return  # the other lanes take the rest; the last one settles it
+                    if dest.greeted is None:
+                        dest.greeted = session.host
+                        self._start_lanes(dest)
+                    if not dest.backlog:
+                        break
+                    d = dest.backlog.popleft()
+                    outcome = await session.send(d.sender, d.recipient, self._copies[d.post_id])
+                    if outcome.session_failed:
+                        cached = session.transactions > 0
+                        await session.close()
+                        session = None
+                        if not cached:
+                            next_host += 1  # this host failed us: the next one takes over
+                        tries[d.id] += 1
+                        if next_host < len(hosts) and tries[d.id] <= len(hosts):
+                            dest.backlog.appendleft(d)
+                            d = None
+                            dest.last_error = outcome
+                            continue
+                    self._settle(d, outcome)
+                    d = None
+            except Exception as exc:
+                if d is not None:
+                    self._settle(d, Outcome(0, f"4.3.0 local error: {exc}"))
+                raise
+            finally:
+                if session is not None:
+                    if d is None and session.usable and not self._closing:
+                        self.idle.setdefault(dest.name, []).append(session)
+                    else:  # cancelled in the middle of a transaction
+                        session.smtp.close()
+
+    def _settle(self, d: queue.Delivery, outcome: Outcome) -> None:
+        """Record one outcome at once (group commit makes that cheap): a crash then
+        resends at most the copies in flight, not a whole batch."""
+        entry = self._flight.pop(d.id, None)
+        if entry is None:
+            return
+        p, dest = entry
+        attempt = queue.Attempt(d, outcome.sent, outcome.permanent, outcome.reply, outcome.remote, outcome.tls)
+        at = self.clock()
+        recorded = asyncio.ensure_future(
+            self.writer.submit(lambda db: queue.record(db, [attempt], at, self.cfg, self.rng))
+        )
+        recorded.add_done_callback(_report_failed_record)
+        p.recorded.append(recorded)
+        p.unreachable += not outcome.remote and not outcome.permanent
+        status = "sent" if outcome.sent else "bounced" if outcome.permanent else "deferred"
+        log.info(
+            "%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, status=%s (%s)",
+            d.queue_id, d.recipient, outcome.remote or "none", at - d.created_at,
+            outcome.tls or "-", status, outcome.reply,
+        )  # fmt: skip
+        if p.progress:
+            p.progress(1)
+        self._finish(p, dest, d.post_id)
+
+    def _finish(self, p: _Pass, dest: _Destination, post_id: int) -> None:
+        """Bookkeeping once a copy leaves the worker's hands."""
+        dest.held -= 1
+        self._copy_users[post_id] -= 1
+        if self._copy_users[post_id] <= 0:
+            del self._copy_users[post_id]
+            self._copies.pop(post_id, None)
+        p.left -= 1
+        if p.left == 0:
+            p.finished.set()
+        self._forget(dest)
+        self._settled_since_claim += 1
+        if not self._flight or (self._refill and self._settled_since_claim >= max(1, self.cfg.relay.batch // 2)):
+            self._wakeup.set()  # room for another claim
+
+    def _forget(self, dest: _Destination) -> None:
+        if dest.lanes == 0 and dest.held == 0 and self._dests.get(dest.name) is dest:
+            del self._dests[dest.name]
 
     async def _route(self, dest: str) -> list[Host]:
         if self.smarthost:
             return [Host(self.cfg.relay.host, self.cfg.relay.host)]
         assert self.resolver is not None
         return await resolve(dest, self.resolver, self.rng)
-
-    async def _lane(
-        self,
-        dest: str,
-        hosts: list[Host],
-        todo: deque[queue.Delivery],
-        copies: dict[int, bytes],
-        done: Callable[[queue.Delivery, Outcome], None],
-        alive: list[int],
-    ) -> None:
-        """One session's worth of work: transactions until the destination's copies run out.
-
-        A session that breaks (refused connection, 421, dropped mid-transaction) moves
-        on to the next MX host; the copy it was carrying goes there too, within the
-        attempt. A cached session that turns out closed is simply reopened.
-        """
-        async with self.slots:
-            session = self._cached(dest)
-            next_host = 0
-            last_error = Outcome(0, f"4.4.1 no host to try for {dest}")
-            tries: Counter[int] = Counter()
-            while todo:
-                if session is None:
-                    session, next_host, last_error = await self._open(hosts, next_host, last_error)
-                    if session is None:
-                        alive[0] -= 1
-                        if alive[0] == 0:  # nobody can reach the destination now: next attempt
-                            while todo:
-                                done(todo.popleft(), last_error)
-                        return  # else the lanes that have a session take the rest
-                d = todo.popleft()
-                outcome = await session.send(d.sender, d.recipient, copies[d.post_id])
-                if outcome.session_failed:
-                    cached = session.transactions > 0
-                    await session.close()
-                    session = None
-                    if not cached:
-                        next_host += 1  # this host failed us: the next one takes over
-                    tries[d.id] += 1
-                    if next_host < len(hosts) and tries[d.id] <= len(hosts):
-                        todo.appendleft(d)
-                        last_error = outcome
-                        continue
-                done(d, outcome)
-            alive[0] -= 1
-            if alive[0] == 0:  # copies handed back by a lane that broke off after the others ended
-                while todo:
-                    done(todo.popleft(), last_error)
-            if session is not None and session.usable:
-                self.idle.setdefault(dest, []).append(session)
 
     async def _open(self, hosts: list[Host], start: int, last_error: Outcome) -> tuple[Session | None, int, Outcome]:
         """The first host from ``start`` on that takes a session, with its index."""
@@ -265,3 +465,8 @@ class Worker:
                 self.idle[dest] = keep
             else:
                 del self.idle[dest]
+
+
+def _report_failed_record(future: asyncio.Future[list[str]]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("could not record an outcome (the copy is attempted again): %r", future.exception())

@@ -2,8 +2,9 @@
 
 Claiming is one UPDATE ... RETURNING, so two processes (``serve`` and a
 ``queue flush`` from cron) never take the same row. A claimed row carries a lease
-naming its owner; a row whose owner died becomes claimable again, so a copy may
-be sent twice after a crash, never zero times.
+naming its owner, renewed while the owner still works on the copy; a row whose
+owner died becomes claimable again, so a copy may be sent twice after a crash,
+never zero times.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ SENT, PENDING, FAILED, HELD = "sent", "pending", "failed", "held"
 
 # "the deliveries of the message with queue id ?", for a WHERE clause on deliveries
 OF_MESSAGE = "post_id IN (SELECT p.id FROM posts p JOIN messages m ON m.id = p.message_id WHERE m.queue_id = ?)"
+# the recipient's domain, after the last "@", as Delivery.domain: rtrim strips every
+# character but "@" from the right, so its length is the position of the last "@"
+DOMAIN_OF_RECIPIENT = "lower(substr(recipient, length(rtrim(recipient, replace(recipient, '@', ''))) + 1))"
+RENEW_CHUNK = 500  # ids per statement, far below SQLite's limit on parameters
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,27 @@ def release_leases(db: sqlite3.Connection, owner: str) -> None:
     db.execute("UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (owner,))
 
 
+def renew_leases(db: sqlite3.Connection, owner: str, ids: list[int], until: float) -> set[int]:
+    """Extend ``owner``'s leases on the copies ``ids``; return the ids still leased to it.
+
+    Only the copies a worker is still working on: one whose outcome could not be
+    recorded is not renewed, so its lease runs out and it is attempted again.
+    """
+    kept: set[int] = set()
+    for i in range(0, len(ids), RENEW_CHUNK):
+        chunk = ids[i : i + RENEW_CHUNK]
+        rows = db.execute(
+            f"""
+            UPDATE deliveries SET lease_until = ?
+             WHERE lease_owner = ? AND state = 'pending' AND id IN ({",".join("?" * len(chunk))})
+            RETURNING id
+            """,
+            (until, owner, *chunk),
+        ).fetchall()
+        kept.update(r[0] for r in rows)
+    return kept
+
+
 def claim(
     db: sqlite3.Connection,
     owner: str,
@@ -166,16 +192,22 @@ def claim(
     limit: int,
     queue_id: str | None = None,
     verp: str = "+=",
+    skip_domains: tuple[str, ...] = (),
 ) -> tuple[list[Delivery], dict[int, bytes]]:
     """Lease up to ``limit`` due copies (of one message, if given), with each post's copy.
 
     ``verp``: the VERP delimiters for the copies' envelope senders, "" for none.
+    ``skip_domains``: recipient domains whose copies stay where they are (the worker
+    already holds as many as it can use), so the others are not crowded out.
     """
     only = ""
     params: tuple = (owner, now + lease, now, now)
     if queue_id is not None:
         only = f"AND {OF_MESSAGE}"
         params += (queue_id,)
+    if skip_domains:
+        only += f" AND {DOMAIN_OF_RECIPIENT} NOT IN ({','.join('?' * len(skip_domains))})"
+        params += tuple(skip_domains)
     rows = db.execute(
         f"""
         UPDATE deliveries SET lease_owner = ?, lease_until = ?

@@ -11,12 +11,19 @@ certificate verified; a certificate that does not verify still gets an encrypted
 (unverified) session; a handshake that fails falls back to plain text. The level
 reached is recorded with every delivery. Towards a smarthost with ``starttls``
 set, TLS with a verified certificate is required.
+
+Every stage has its own time limit (:class:`Timeouts`), as Postfix's smtp_*_timeout:
+each covers a whole reply, so a host that drips a reply line by line gains nothing.
+The limit after the final dot is the longest: a host that has taken the message but
+is slow to say so would otherwise get it again at the next attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -29,6 +36,30 @@ from .routes import Host
 log = logging.getLogger(__name__)
 
 TLS_NONE, TLS_ENCRYPTED, TLS_VERIFIED = "none", "encrypted", "verified"
+QUIT_TIMEOUT = 5.0  # saying goodbye is a courtesy: nobody waits long for it
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds each SMTP stage may take (RFC 5321 4.5.3.2; Postfix's defaults)."""
+
+    connect: float
+    helo: float  # the greeting, EHLO, STARTTLS, AUTH: each
+    mail: float  # MAIL, RCPT, RSET: each
+    data: float  # DATA until the 354
+    data_done: float  # the message and the reply to its final dot
+
+    @classmethod
+    def of(cls, cfg: RelayConfig) -> Timeouts:
+        """The configured limits; the old single ``timeout``, if set, caps them all."""
+        cap = cfg.timeout or float("inf")
+        return cls(
+            min(cfg.connect_timeout, cap),
+            min(cfg.helo_timeout, cap),
+            min(cfg.mail_timeout, cap),
+            min(cfg.data_timeout, cap),
+            min(cfg.data_done_timeout, cap),
+        )
 
 
 @dataclass(frozen=True)
@@ -72,10 +103,11 @@ def reply_text(code: int, message: str) -> str:
 class Session:
     """One SMTP connection to ``host``."""
 
-    def __init__(self, host: Host, smtp: aiosmtplib.SMTP, tls: str):
+    def __init__(self, host: Host, smtp: aiosmtplib.SMTP, tls: str, timeouts: Timeouts):
         self.host = host
         self.smtp = smtp
         self.tls = tls
+        self.timeouts = timeouts
         self.transactions = 0
         self.last_used = time.monotonic()
 
@@ -94,61 +126,74 @@ class Session:
     ) -> Session:
         """Connect, greet, go as far up the TLS ladder as the host allows, log in."""
         verified, unverified = contexts
-        smtp = await cls._connect(host, cfg, helo)
+        t = Timeouts.of(cfg)
+        smtp = await cls._connect(host, cfg, helo, t)
         tls = TLS_NONE
         if smtp.supports_extension("starttls"):
             try:
-                await smtp.starttls(server_hostname=host.name, tls_context=verified)
+                await smtp.starttls(server_hostname=host.name, tls_context=verified, timeout=t.helo)
                 tls = TLS_VERIFIED
             except ssl.SSLCertVerificationError as exc:
                 smtp.close()
                 if require_tls:
                     raise SessionError(f"4.7.5 certificate of {host.name} not verified: {exc.verify_message}") from None
-                smtp = await cls._connect(host, cfg, helo)
+                smtp = await cls._connect(host, cfg, helo, t)
                 try:
-                    await smtp.starttls(server_hostname=host.name, tls_context=unverified)
+                    await smtp.starttls(server_hostname=host.name, tls_context=unverified, timeout=t.helo)
                     tls = TLS_ENCRYPTED
                 except (ssl.SSLError, aiosmtplib.SMTPException, OSError):
                     smtp.close()
-                    smtp = await cls._connect(host, cfg, helo)
+                    smtp = await cls._connect(host, cfg, helo, t)
             except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
                 smtp.close()
                 if require_tls:
                     raise SessionError(f"4.7.5 TLS with {host.name} failed: {exc}") from None
                 log.info("TLS handshake with %s failed (%s); retrying in plain text", host.name, exc)
-                smtp = await cls._connect(host, cfg, helo)
+                smtp = await cls._connect(host, cfg, helo, t)
             if tls != TLS_NONE:
-                await smtp.ehlo()  # RFC 3207: forget what was said before TLS
+                try:
+                    await smtp.ehlo(timeout=t.helo)  # RFC 3207: forget what was said before TLS
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    smtp.close()
+                    raise _setup_error(host, cfg, "EHLO", t.helo, exc) from None
         elif require_tls:
             smtp.close()
             raise SessionError(f"4.7.4 {host.name} does not offer STARTTLS")
         if cfg.username:
             try:
-                await smtp.login(cfg.username, cfg.password)
+                await smtp.login(cfg.username, cfg.password, timeout=t.helo)
             except aiosmtplib.SMTPAuthenticationError as exc:
                 smtp.close()
                 raise SessionError(reply_text(exc.code, exc.message), exc.code) from None
-        return cls(host, smtp, tls)
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                smtp.close()
+                raise _setup_error(host, cfg, "AUTH", t.helo, exc) from None
+        return cls(host, smtp, tls, t)
 
     @staticmethod
-    async def _connect(host: Host, cfg: RelayConfig, helo: str) -> aiosmtplib.SMTP:
-        smtp = aiosmtplib.SMTP(
-            hostname=host.address,
-            port=cfg.port,
-            local_hostname=helo,
-            timeout=cfg.timeout,
-            start_tls=False,
-            use_tls=False,
-        )
+    async def _connect(host: Host, cfg: RelayConfig, helo: str, t: Timeouts) -> aiosmtplib.SMTP:
+        """TCP within ``t.connect``, then the greeting and EHLO within ``t.helo`` each."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6 if ":" in host.address else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (host.address, cfg.port)), t.connect)
+        except (TimeoutError, OSError) as exc:
+            sock.close()
+            raise _setup_error(host, cfg, "connect", t.connect, exc) from None
+        smtp = aiosmtplib.SMTP(sock=sock, local_hostname=helo, timeout=t.helo, start_tls=False, use_tls=False)
+        stage = "greeting"
         try:
             await smtp.connect()
+            stage = "EHLO"
             await smtp.ehlo()
         except aiosmtplib.SMTPResponseException as exc:
             smtp.close()
             raise SessionError(reply_text(exc.code, exc.message), exc.code) from None
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             smtp.close()
-            raise SessionError(f"4.4.1 {host.name}[{host.address}]:{cfg.port}: {exc or type(exc).__name__}") from None
+            sock.close()
+            raise _setup_error(host, cfg, stage, t.helo, exc) from None
         return smtp
 
     async def send(self, sender: str, recipient: str, data: bytes) -> Outcome:
@@ -163,13 +208,22 @@ class Session:
             options.append("BODY=8BITMIME")
         if smtp.supports_extension("size"):
             options.append(f"SIZE={len(data)}")
-        stage = "MAIL"
+        t = self.timeouts
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        stage, limit = "MAIL", t.mail
         try:
-            await smtp.mail(sender, options=options, encoding="utf-8" if "SMTPUTF8" in options else "ascii")
+            await smtp.mail(sender, options=options, encoding=encoding, timeout=t.mail)
             stage = "RCPT"
-            await smtp.rcpt(recipient, encoding="utf-8" if "SMTPUTF8" in options else "ascii")
-            stage = "DATA"
-            response = await smtp.data(data)
+            await smtp.rcpt(recipient, encoding=encoding, timeout=t.mail)
+            stage, limit = "DATA", t.data
+            start = await smtp.execute_command(b"DATA", timeout=t.data)
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            stage, limit = "end of data", t.data_done
+            response = await self._transfer(data)
+        except aiosmtplib.SMTPTimeoutError:
+            self.smtp.close()
+            return Outcome(0, f"4.4.2 {remote}: timed out at {stage} ({limit:g}s)", False, remote, tls, True)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset()
             code = exc.code
@@ -190,9 +244,29 @@ class Session:
         self.transactions += 1
         return Outcome(response.code, reply_text(response.code, response.message), False, remote, tls)
 
+    async def _transfer(self, data: bytes) -> aiosmtplib.SMTPResponse:
+        """The message after the 354, and the reply to its final dot within ``data_done``.
+
+        aiosmtplib's ``data()`` gives the 354 and the final reply one limit; RFC 5321
+        wants 2 minutes for the one and 10 for the other.
+        """
+        protocol = self.smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        payload = _LINE_END.sub(b"\r\n", data)
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
+        protocol.write(_DOT.sub(b"..", payload) + b".\r\n")
+        response = await protocol.read_response(timeout=self.timeouts.data_done)
+        if response.code != 250:
+            if response.code == 421:
+                self.smtp.close()
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
+
     async def _reset(self) -> None:
         try:
-            await self.smtp.rset()
+            await self.smtp.rset(timeout=self.timeouts.mail)
         except (TimeoutError, aiosmtplib.SMTPException, OSError):
             self.smtp.close()
 
@@ -201,6 +275,17 @@ class Session:
         if not smtp.is_connected:
             return
         try:
-            await asyncio.wait_for(smtp.quit(), timeout=5)
+            await asyncio.wait_for(smtp.quit(), timeout=QUIT_TIMEOUT)
         except Exception:
             smtp.close()
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")  # every line ends in CRLF on the wire
+_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
+
+
+def _setup_error(host: Host, cfg: RelayConfig, stage: str, limit: float, exc: BaseException) -> SessionError:
+    """A session that could not be set up, naming the stage; a timeout says so."""
+    timed_out = isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError)
+    reason = f"timed out at {stage} ({limit:g}s)" if timed_out else f"{stage}: {exc or type(exc).__name__}"
+    return SessionError(f"4.4.1 {host.name}[{host.address}]:{cfg.port}: {reason}")

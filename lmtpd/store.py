@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pwd
 import re
 import sqlite3
 import time
@@ -48,11 +50,19 @@ class SchemaError(StoreError):
 
 
 async def connect(path: Path) -> aiosqlite.Connection:
-    """Open ``path`` with the settings every lmtpd connection relies on."""
+    """Open ``path`` with the settings every lmtpd connection relies on.
+
+    aiosqlite runs each connection in a thread the interpreter waits for at exit:
+    a connection that fails half-way is closed here, or the process never ends.
+    """
     db = await aiosqlite.connect(str(path), isolation_level=None)
-    db.row_factory = sqlite3.Row
-    for pragma in PRAGMAS:
-        await db.execute(pragma)
+    try:
+        db.row_factory = sqlite3.Row
+        for pragma in PRAGMAS:
+            await db.execute(pragma)
+    except BaseException:
+        await db.close()
+        raise
     return db
 
 
@@ -168,10 +178,40 @@ async def check_schema(db: aiosqlite.Connection, allow_upgrade: bool) -> None:
     await upgrade(db)
 
 
+def check_path(path: Path) -> None:
+    """Refuse, with a reason, a path SQLite would fail on obscurely or create by mistake.
+
+    A typo in the directory is an error, not a new empty database somewhere else;
+    /proc and /sys files cannot hold a database (SQLite may even wait on them).
+    """
+    try:
+        resolved = path.resolve()
+        if resolved.parts[1:2] in (("proc",), ("sys",)):
+            raise StoreError(f"cannot open database {path}: a kernel file system cannot hold a database")
+        if not resolved.parent.is_dir():
+            raise StoreError(f"cannot open database {path}: directory {path.parent} does not exist")
+        if resolved.is_dir():
+            raise StoreError(f"cannot open database {path}: is a directory")
+        if resolved.exists() and not os.access(resolved, os.R_OK | os.W_OK):
+            raise StoreError(f"cannot open database {path}: permission denied for user {_user()}")
+    except OSError as exc:
+        raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from None
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 async def open_database(path: Path, allow_upgrade: bool = False, check: bool = True) -> aiosqlite.Connection:
     """Connect and (unless ``check`` is off) make sure the schema is the one this code speaks."""
+    check_path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Try it plainly first: when aiosqlite's own connect fails, its thread may
+        # outlive the event loop and die with a traceback at exit.
+        connect_sync(path).close()
         db = await connect(path)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from None
@@ -190,9 +230,13 @@ async def open_database(path: Path, allow_upgrade: bool = False, check: bool = T
 def connect_sync(path: Path) -> sqlite3.Connection:
     """A plain sqlite3 connection with the same settings: the writer's, and the readers on the loop."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    for pragma in PRAGMAS:
-        conn.execute(pragma)
+    try:
+        conn.row_factory = sqlite3.Row
+        for pragma in PRAGMAS:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

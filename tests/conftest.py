@@ -18,7 +18,31 @@ from lmtpd.config import Config, load
 from lmtpd.daemon import Service
 from lmtpd.store import open_database, transaction
 
+from .sandbox import Sandbox
+
 DATA = Path(__file__).parent / "data"
+SANDBOX = pytest.StashKey[Sandbox]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SANDBOX] = Sandbox()
+
+
+@pytest.hookimpl(trylast=True)  # after the last fixtures were torn down
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    problems = session.config.stash[SANDBOX].problems()
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", "the test session changed the machine", red=True)
+        for line in problems:
+            reporter.write_line(line, red=True) if reporter is not None else print(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    config.stash[SANDBOX].close()
+
 
 MEMBERS = {
     "anna@example.net": ("Anna", ["youth", "trainers"]),
@@ -44,7 +68,7 @@ class Clock:
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A directory with a short path: Unix socket paths are limited to ~100 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="lm", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="lm"))  # in the session's directory, see sandbox.py
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -1,25 +1,50 @@
 """A private Postfix instance for end-to-end tests: own config, queue, log and port.
 
-Follows the recipe in the project's Postfix notes: copy /etc/postfix, point the copy
-at its own directories, register it as an alternate configuration directory in the
-default main.cf (Postfix insists), and start it. Every daemon runs unchrooted, so the
-instance needs nothing copied into its queue directory.
+The machine's /etc/postfix is never written. The instance's configuration is a copy,
+and every Postfix command runs in a mount namespace of its own (``unshare -m``) in
+which that copy is bind-mounted over /etc/postfix: Postfix takes it for its default
+configuration, so nothing has to be registered in the real one
+(alternate_config_directories, maillog_file_prefixes).
+
+The master and its daemons live in the namespace of one holder process whose stdin
+is a pipe from the test process. When the pipe ends, because the tests stopped the
+instance or because the test process was killed (even with -9), the holder stops
+Postfix and removes the instance's directory.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-BASE = Path("/var/tmp/lmtpd-tests")
+SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"  # where Postfix's commands are when PATH lacks them
+
+# In the namespace: the copy over /etc/postfix, start, say so, wait for the end of
+# stdin, stop, clean up. $1 = config copy, $2 = postfix command, $3 = the instance's root.
+HOLDER = """
+mount --bind "$1" /etc/postfix || exit 1
+"$2" start >&2 || exit 1
+echo started
+read _ignored
+"$2" stop >&2
+rm -rf "$3"
+"""
+IN_NAMESPACE = 'mount --bind "$0" /etc/postfix && exec "$@"'
+
+
+def tool(name: str) -> str | None:
+    """A Postfix command (or swaks), also when /usr/sbin is not on PATH."""
+    return shutil.which(name) or shutil.which(name, path=SBIN)
 
 
 def available() -> bool:
-    return shutil.which("postfix") is not None and shutil.which("postconf") is not None
+    return tool("postfix") is not None and tool("postconf") is not None
 
 
 def free_port() -> int:
@@ -29,21 +54,33 @@ def free_port() -> int:
 
 
 def _postconf(*args: str) -> str:
-    return subprocess.run(["postconf", *args], check=True, capture_output=True, text=True).stdout
+    postconf = tool("postconf")
+    assert postconf is not None
+    return subprocess.run([postconf, *args], check=True, capture_output=True, text=True, timeout=30).stdout
 
 
-def _add_to_default(param: str, value: str) -> None:
-    """Add ``value`` to a list parameter of the default /etc/postfix/main.cf, once."""
-    current = _postconf("-h", param).strip()
-    items = current.replace(",", " ").split()
-    if value not in items:
-        _postconf("-e", f"{param} = {' '.join(items + [value])}")
+@functools.cache
+def namespaces_work() -> bool:
+    """Can this process bind-mount a directory over /etc/postfix in a namespace of its own?"""
+    if shutil.which("unshare") is None or not Path("/etc/postfix").is_dir():
+        return False
+    probe = tempfile.mkdtemp(prefix="pf-probe-")
+    try:
+        result = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", IN_NAMESPACE, probe, "true"],
+            capture_output=True,
+            timeout=30,
+        )
+        return result.returncode == 0
+    finally:
+        os.rmdir(probe)
 
 
 class Postfix:
     def __init__(self, name: str, club_domain: str, routes: dict[str, str], settings: dict[str, str] | None = None):
         """``routes``: domain -> transport, e.g. ``lmtp:unix:private/lmtpd``."""
-        self.root = BASE / name
+        self.name = name
+        self.root = Path(tempfile.mkdtemp(prefix=f"pf-{name}-"))
         self.conf = self.root / "conf"
         self.queue = self.root / "queue"
         self.data = self.root / "data"
@@ -52,30 +89,41 @@ class Postfix:
         self.club_domain = club_domain
         self.routes = routes
         self.extra = settings or {}
+        self.holder: subprocess.Popen[str] | None = None
 
     @property
     def lmtp_socket(self) -> Path:
         return self.queue / "private" / "lmtpd"
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess:
-        # postfix writes its errors to syslog, which may not exist: capture a tty-less run
-        return subprocess.run(["postfix", "-c", str(self.conf), *args], capture_output=True, text=True, timeout=60)
+    def _run(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """A Postfix command in a namespace where the copy is /etc/postfix."""
+        path = tool(command[0]) or command[0]
+        return subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", IN_NAMESPACE, str(self.conf), path, *command[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start(self) -> None:
-        self.stop_if_running()
-        shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True)
-        shutil.copytree("/etc/postfix", self.conf)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        self.root.chmod(0o755)  # Postfix's own users look inside
+        shutil.copytree("/etc/postfix", self.conf, symlinks=True)
         self.queue.mkdir()
         self.data.mkdir()
         shutil.chown(self.data, user="postfix")
-        _add_to_default("alternate_config_directories", str(self.conf))
-        _add_to_default("maillog_file_prefixes", str(BASE))
         transport = ", ".join(f"{d}={t}" for d, t in self.routes.items())
         settings = {
             "queue_directory": self.queue,
             "data_directory": self.data,
             "maillog_file": self.maillog,
+            "maillog_file_prefixes": self.root,
             "inet_interfaces": "loopback-only",
             "inet_protocols": "ipv4",
             "myhostname": f"mx.{self.club_domain}",
@@ -99,13 +147,13 @@ class Postfix:
         _postconf("-c", str(self.conf), "-e", *[f"{k} = {v}" for k, v in settings.items()])
         _postconf("-c", str(self.conf), "-F", "*/*/chroot = n")
         _postconf("-c", str(self.conf), "-F", f"smtp/inet/service = 127.0.0.1:{self.port}")
-        for step in (["post-install", "create-missing"], ["check"], ["start"]):
+        for step in (["postfix", "post-install", "create-missing"], ["postfix", "check"]):
             result = self._run(*step)
             if result.returncode != 0:
                 raise RuntimeError(
-                    f"postfix {' '.join(step)} failed ({result.returncode}): "
-                    f"{result.stdout}{result.stderr}{self.log()[-2000:]}"
+                    f"{' '.join(step)} failed ({result.returncode}): {result.stdout}{result.stderr}{self.log()[-2000:]}"
                 )
+        self._start_holder()
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -116,12 +164,40 @@ class Postfix:
                     raise RuntimeError(f"postfix did not listen on {self.port}: {self.log()[-2000:]}") from None
                 time.sleep(0.1)
 
-    def stop_if_running(self) -> None:
-        if (self.conf / "main.cf").exists():
-            self._run("stop")
+    def _start_holder(self) -> None:
+        postfix = tool("postfix")
+        assert postfix is not None
+        errors = self.root / "holder.log"
+        with open(errors, "w") as err:
+            self.holder = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", HOLDER, "holder",
+                 str(self.conf), postfix, str(self.root)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                start_new_session=True,  # a Ctrl-C meant for pytest does not stop Postfix half-way
+            )  # fmt: skip
+        assert self.holder.stdout is not None
+        line = self.holder.stdout.readline()  # "started", or nothing if it failed
+        if line.strip() != "started":
+            self.holder.wait(timeout=30)
+            raise RuntimeError(
+                f"postfix start failed ({self.holder.returncode}): {errors.read_text()}{self.log()[-2000:]}"
+            )
 
     def stop(self) -> None:
-        self.stop_if_running()
+        """Stop Postfix (the holder does it when its stdin ends) and remove the instance."""
+        holder = self.holder
+        if holder is not None and holder.poll() is None:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            try:
+                holder.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait()
+        if holder is not None and holder.stdout is not None:
+            holder.stdout.close()
+        self.holder = None
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def log(self) -> str:
         try:
@@ -130,10 +206,10 @@ class Postfix:
             return ""
 
     def flush(self) -> None:
-        self._run("flush")
+        self._run("postfix", "flush")
 
     def queue_ids(self) -> list[str]:
-        out = subprocess.run(["postqueue", "-c", str(self.conf), "-j"], capture_output=True, text=True).stdout
+        out = self._run("postqueue", "-j").stdout
         return [line for line in out.splitlines() if line.strip()]
 
 
@@ -143,4 +219,6 @@ def environment_check() -> str | None:
         return "postfix is not installed (apt-get install postfix swaks)"
     if os.geteuid() != 0:
         return "a private Postfix instance needs root"
+    if not namespaces_work():
+        return "cannot bind-mount a private /etc/postfix in a mount namespace (unshare -m)"
     return None

@@ -220,7 +220,7 @@ async def test_a_dropped_connection_with_no_other_mx_defers(net: Net, clock: Clo
     await net.club(members=members)
     rows = await net.post_and_deliver(clock)
     assert rows["gus@drop.example"]["state"] == "pending"
-    assert "connection lost at DATA" in rows["gus@drop.example"]["last_reply"]
+    assert "connection lost at end of data" in rows["gus@drop.example"]["last_reply"]
 
 
 # ------------------------------------------------------------------------ TLS
