@@ -19,9 +19,11 @@ aligned pass when the author's domain publishes p=quarantine or p=reject), or
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -187,6 +189,22 @@ def _best(found: list[tuple[str, str]], from_domain: str) -> tuple[str, str]:
 
 # ------------------------------------------------------------------- checks
 
+# pyspf asks DNS through one module-level function. It is replaced once by a
+# dispatcher to the resolver of the check running in this context (thread or task),
+# so SPF sees the same DNS as the rest of that Checker ([dns] nameservers; in tests a
+# local server) and two Checkers never share a hook.
+_SPF_DNS: contextvars.ContextVar[Callable[..., list]] = contextvars.ContextVar("lmtpd_spf_dns")
+
+
+def _spf_dispatch(name: str, qtype: str, strict: bool = True, timeout: float = 30) -> list:
+    lookup = _SPF_DNS.get(None)
+    if lookup is None:
+        raise spf.TempError("SPF check outside lmtpd's Checker: no resolver")
+    return lookup(name, qtype, strict, timeout)
+
+
+spf.DNSLookup = _spf_dispatch
+
 
 class Checker:
     """Runs the checks; DNS through the given resolver (or the system's)."""
@@ -195,9 +213,6 @@ class Checker:
         self.resolver = resolver
         self.timeout = timeout
         self._dmarc: dict[str, tuple[float, bool | None]] = {}  # domain -> (expires, answer)
-        # pyspf asks DNS through one module-level hook; point it at our resolver so SPF
-        # sees the same DNS as everything else ([dns] nameservers, in tests a local server)
-        spf.DNSLookup = self._spf_lookup
 
     def _spf_lookup(self, name: str, qtype: str, strict: bool = True, timeout: float = 30) -> list:
         """pyspf's DNSLookup contract: [((name, type), value), ...]; TempError on failure."""
@@ -251,7 +266,11 @@ class Checker:
             return NONE, ""
         ip, helo = client
         domain = mail_from.rpartition("@")[2].lower()
-        verdict, _ = spf.check2(i=ip, s=mail_from, h=helo, timeout=int(self.timeout))
+        token = _SPF_DNS.set(self._spf_lookup)
+        try:
+            verdict, _ = spf.check2(i=ip, s=mail_from, h=helo, timeout=int(self.timeout))
+        finally:
+            _SPF_DNS.reset(token)
         verdict = {"pass": PASS, "temperror": TEMPERROR}.get(verdict, verdict)
         return verdict, domain
 

@@ -73,7 +73,7 @@ class _Destination:
     held: int = 0  # claimed, no outcome yet: in the backlog or being carried
     lanes: int = 0  # running, or waiting for a connection slot
     greeted: Host | None = None  # the host that answered: lanes beyond the first start there
-    last_error: Outcome = field(default_factory=lambda: Outcome(0, "4.4.1 no host to try"))
+    last_error: Outcome = field(default_factory=lambda: Outcome(0, "4.4.1 no host to try", unreachable=True))
 
 
 class Worker:
@@ -243,7 +243,9 @@ class Worker:
             name = SMARTHOST if self.smarthost else d.domain
             dest = self._dests.get(name)
             if dest is None:
-                dest = self._dests[name] = _Destination(name, last_error=Outcome(0, f"4.4.1 no host to try for {name}"))
+                dest = self._dests[name] = _Destination(
+                    name, last_error=Outcome(0, f"4.4.1 no host to try for {name}", unreachable=True)
+                )
             dest.backlog.append(d)
             dest.held += 1
             self._flight[d.id] = (p, dest)
@@ -321,62 +323,16 @@ class Worker:
             self._forget(dest)
 
     async def _work(self, dest: _Destination) -> None:
-        """Transactions over one session until the destination's backlog runs out.
-
-        A session that breaks (refused connection, 421, dropped mid-transaction) moves
-        on to the next MX host; the copy it was carrying goes there too, within the
-        attempt. A cached session that turns out closed is simply reopened. The route
-        is looked up before taking a slot: a slow DNS answer holds no connection.
-        """
+        """One lane: the route first (a slow DNS answer holds no connection), then a slot and a session."""
         try:
             hosts = await self._route(dest.name)
         except RouteError as exc:
-            outcome = Outcome(0, exc.reply, exc.permanent)
+            outcome = Outcome(0, exc.reply, exc.permanent, unreachable=not exc.permanent)
             while dest.backlog:
                 self._settle(dest.backlog.popleft(), outcome)
             return
         async with self.slots:
-            session = self._cached(dest.name)
-            next_host = hosts.index(dest.greeted) if dest.greeted in hosts else 0  # hosts before it failed
-            tries: Counter[int] = Counter()
-            d: queue.Delivery | None = None
-            try:
-                while dest.backlog:
-                    if session is None:
-                        session, next_host, dest.last_error = await self._open(hosts, next_host, dest.last_error)
-                        if session is None:
-                            return  # the other lanes take the rest; the last one settles it
-                    if dest.greeted is None:
-                        dest.greeted = session.host
-                        self._start_lanes(dest)
-                    if not dest.backlog:
-                        break
-                    d = dest.backlog.popleft()
-                    outcome = await session.send(d.sender, d.recipient, self._copies[d.post_id])
-                    if outcome.session_failed:
-                        cached = session.transactions > 0
-                        await session.close()
-                        session = None
-                        if not cached:
-                            next_host += 1  # this host failed us: the next one takes over
-                        tries[d.id] += 1
-                        if next_host < len(hosts) and tries[d.id] <= len(hosts):
-                            dest.backlog.appendleft(d)
-                            d = None
-                            dest.last_error = outcome
-                            continue
-                    self._settle(d, outcome)
-                    d = None
-            except Exception as exc:
-                if d is not None:
-                    self._settle(d, Outcome(0, f"4.3.0 local error: {exc}"))
-                raise
-            finally:
-                if session is not None:
-                    if d is None and session.usable and not self._closing:
-                        self.idle.setdefault(dest.name, []).append(session)
-                    else:  # cancelled in the middle of a transaction
-                        session.smtp.close()
+            await _Lane(self, dest, hosts).run()
 
     def _settle(self, d: queue.Delivery, outcome: Outcome) -> None:
         """Record one outcome at once (group commit makes that cheap): a crash then
@@ -392,7 +348,7 @@ class Worker:
         )
         recorded.add_done_callback(_report_failed_record)
         p.recorded.append(recorded)
-        p.unreachable += not outcome.remote and not outcome.permanent
+        p.unreachable += outcome.unreachable
         status = "sent" if outcome.sent else "bounced" if outcome.permanent else "deferred"
         log.info(
             "%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, status=%s (%s)",
@@ -440,7 +396,9 @@ class Worker:
                 return session, i, last_error
             except SessionError as exc:
                 log.info("cannot use %s[%s]: %s", host.name, host.address, exc.reply)
-                last_error = Outcome(exc.code, exc.reply, False, host.name if exc.code else "")
+                last_error = Outcome(
+                    exc.code, exc.reply, False, host.name if exc.code else "", unreachable=not exc.code
+                )
         return None, len(hosts), last_error
 
     def _cached(self, dest: str) -> Session | None:
@@ -465,6 +423,84 @@ class Worker:
                 self.idle[dest] = keep
             else:
                 del self.idle[dest]
+
+
+class _Lane:
+    """One session's worth of work for a destination: the session, the host it is on,
+    the copy in the current transaction, and when to stop.
+
+    It stops when the backlog is empty or no host takes a session (the other lanes
+    take the rest; the destination's last lane settles it). A session that breaks
+    (refused, 421, dropped mid-transaction) moves on to the next MX host, and the
+    copy it was carrying goes there too, within the attempt; a cached session that
+    turns out closed is simply reopened on the same host.
+    """
+
+    def __init__(self, worker: Worker, dest: _Destination, hosts: list[Host]):
+        self.worker = worker
+        self.dest = dest
+        self.hosts = hosts
+        self.session = worker._cached(dest.name)
+        self.next_host = hosts.index(dest.greeted) if dest.greeted in hosts else 0  # hosts before it failed
+        self.tries: Counter[int] = Counter()  # sessions that broke under each copy
+        self.carrying: queue.Delivery | None = None
+
+    async def run(self) -> None:
+        try:
+            while self.dest.backlog and await self._connected():
+                await self._send(self.dest.backlog.popleft())
+        except Exception as exc:
+            if self.carrying is not None:  # settled, and the session closed below: it is in doubt
+                self.worker._settle(self.carrying, Outcome(0, f"4.3.0 local error: {exc}"))
+            raise
+        finally:
+            self._park()
+
+    async def _connected(self) -> bool:
+        """A session to send on, opened on the next host if need be; False if no host takes one."""
+        dest = self.dest
+        if self.session is None:
+            self.session, self.next_host, dest.last_error = await self.worker._open(
+                self.hosts, self.next_host, dest.last_error
+            )
+            if self.session is None:
+                return False
+        if dest.greeted is None:  # the destination answers: more lanes may go
+            dest.greeted = self.session.host
+            self.worker._start_lanes(dest)
+        return bool(dest.backlog)  # other lanes may have taken it all meanwhile
+
+    async def _send(self, d: queue.Delivery) -> None:
+        assert self.session is not None
+        self.carrying = d
+        outcome = await self.session.send(d.sender, d.recipient, self.worker._copies[d.post_id])
+        if not (outcome.session_failed and await self._send_elsewhere(d, outcome)):
+            self.worker._settle(d, outcome)
+        self.carrying = None
+
+    async def _send_elsewhere(self, d: queue.Delivery, outcome: Outcome) -> bool:
+        """The session broke under ``d``: True if ``d`` goes first in line for another try."""
+        assert self.session is not None
+        reused = self.session.transactions > 0  # a cached session going stale is no fault of the host
+        await self.session.close()
+        self.session = None
+        if not reused:
+            self.next_host += 1
+        self.tries[d.id] += 1
+        if self.next_host < len(self.hosts) and self.tries[d.id] <= len(self.hosts):
+            self.dest.backlog.appendleft(d)
+            self.dest.last_error = outcome
+            return True
+        return False
+
+    def _park(self) -> None:
+        """Keep a healthy session for the next copies; close one cut off mid-transaction."""
+        if self.session is None:
+            return
+        if self.carrying is None and self.session.usable and not self.worker._closing:
+            self.worker.idle.setdefault(self.dest.name, []).append(self.session)
+        else:
+            self.session.smtp.close()
 
 
 def _report_failed_record(future: asyncio.Future[list[str]]) -> None:

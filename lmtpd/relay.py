@@ -70,6 +70,7 @@ class Outcome:
     remote: str = ""  # the host that answered
     tls: str = ""
     session_failed: bool = False  # the session broke: the copy may go through elsewhere
+    unreachable: bool = False  # no host could be asked at all (DNS down, nothing answered)
 
     @property
     def sent(self) -> bool:
