@@ -9,7 +9,7 @@ import socket
 import sqlite3
 import sys
 
-from lmtpd import daemon
+from lmtpd import supervise
 from lmtpd.config import load
 
 from . import lmtpclient
@@ -171,9 +171,9 @@ def lines(path) -> list[str]:
 
 async def test_delivery_process_is_woken_stopped_and_restarted(short_dir, monkeypatch):
     """The pipe protocol and the supervision, with a stand-in child that logs what it sees."""
-    monkeypatch.setattr(daemon, "RESTART_DELAYS", (0.05, 0.1))
+    monkeypatch.setattr(supervise, "RESTART_DELAYS", (0.05, 0.1))
     seen = short_dir / "child.log"
-    proc = daemon.DeliveryProcess([sys.executable, "-c", CHILD, str(seen), "0"], grace=2)
+    proc = supervise.DeliveryProcess([sys.executable, "-c", CHILD, str(seen), "0"], grace=2)
     await proc.start()
     await eventually(lambda: lines(seen) == ["start"])
     proc.wake()
@@ -188,9 +188,9 @@ async def test_delivery_process_is_woken_stopped_and_restarted(short_dir, monkey
 
 
 async def test_a_worker_that_keeps_failing_is_retried_with_pauses(short_dir, monkeypatch):
-    monkeypatch.setattr(daemon, "RESTART_DELAYS", (0.05, 0.1))
+    monkeypatch.setattr(supervise, "RESTART_DELAYS", (0.05, 0.1))
     seen = short_dir / "child.log"
-    proc = daemon.DeliveryProcess([sys.executable, "-c", CHILD.replace("sys.stdin", "[]"), str(seen), "3"], grace=2)
+    proc = supervise.DeliveryProcess([sys.executable, "-c", CHILD.replace("sys.stdin", "[]"), str(seen), "3"], grace=2)
     await proc.start()
     await eventually(lambda: lines(seen).count("start") >= 3, what="three starts")
     await proc.stop()
