@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from lmtpd.cli import main
 
-from .conftest import write_config
+from .helpers.club import write_config
 
 
 @pytest.fixture

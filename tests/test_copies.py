@@ -23,9 +23,11 @@ from lmtpd.queue import FANOUT, copy_of
 from lmtpd.routes import make_resolver
 from lmtpd.store import Writer, connect_sync, open_database, transaction
 
-from . import dnsserver
-from .conftest import DATA, Clock, message, populate, spawn_lmtpd, write_config
-from .test_auth import dkim_key, sign
+from .helpers import dnsserver
+from .helpers.club import DATA, message, populate, write_config
+from .helpers.processes import spawn_lmtpd
+from .helpers.signing import dkim_key, sign
+from .helpers.timing import Clock
 
 GOLDEN = DATA / "golden"
 STYLE = ListStyle("youth", "myclub.org", "Youth section", owner="admin@myclub.org")

@@ -18,7 +18,7 @@ Asserted, for every session:
    stores nothing;
 4. the server is alive at the end: a clean post gets 250 and is stored.
 
-More sessions or other seeds locally (see tests/fuzzkit.py):
+More sessions or other seeds locally (see tests/helpers/fuzzkit.py):
     LMTPD_FUZZ_SEED=1,2,3,4 LMTPD_FUZZ_SESSIONS=1000 python -m pytest -q tests/test_fuzz_lmtp.py
 """
 
@@ -40,10 +40,11 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from lmtpd.config import Config, load
-from lmtpd.daemon import Service
 
-from . import fuzzkit, lmtpclient
-from .conftest import Clock, Sink, populate, write_config
+from .helpers import fuzzkit, lmtpclient
+from .helpers.club import populate, running, write_config
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 SEEDS = fuzzkit.seeds([1101, 2202, 3303])
 SESSIONS = fuzzkit.sessions(200)  # per seed
@@ -97,10 +98,8 @@ async def fuzz_lmtp(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[
                 "BEGIN SELECT RAISE(ABORT, 'simulated disk trouble'); END"
             )
     db.close()
-    svc = Service(cfg, clock)
-    await svc.start()
-    yield cfg
-    await svc.stop()
+    async with running(cfg, clock):
+        yield cfg
 
 
 # ---------------------------------------------------------------- the oracle

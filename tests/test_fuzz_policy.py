@@ -17,7 +17,7 @@ Asserted:
    padded past 100 attributes must still be refused or deferred);
 4. the service is alive at the end.
 
-More sessions or other seeds locally (see tests/fuzzkit.py):
+More sessions or other seeds locally (see tests/helpers/fuzzkit.py):
     LMTPD_FUZZ_SEED=1,2,3 LMTPD_FUZZ_SESSIONS=3000 python -m pytest -q tests/test_fuzz_policy.py
 """
 
@@ -36,10 +36,11 @@ from pathlib import Path
 import pytest
 
 from lmtpd.config import Config, load
-from lmtpd.daemon import Service
 
-from . import fuzzkit
-from .conftest import Clock, Sink, populate, write_config
+from .helpers import fuzzkit
+from .helpers.club import populate, running, write_config
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 SEEDS = fuzzkit.seeds([4404, 5505])
 SESSIONS = fuzzkit.sessions(400)  # connections per seed
@@ -60,6 +61,7 @@ FIRST = (
 
 @pytest.fixture
 async def fuzz_policy(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[Config]:
+    """The club, its service running with a policy socket and no delivery."""
     path = write_config(
         short_dir,
         f"unix:{short_dir}/lmtpd.sock",
@@ -69,10 +71,8 @@ async def fuzz_policy(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterato
     )
     cfg = load(path)
     await populate(cfg)
-    svc = Service(cfg, clock)
-    await svc.start()
-    yield cfg
-    await svc.stop()
+    async with running(cfg, clock):
+        yield cfg
 
 
 # ------------------------------------------------------------ the generator

@@ -12,8 +12,11 @@ import sys
 from lmtpd import daemon
 from lmtpd.config import load
 
-from . import lmtpclient
-from .conftest import Sink, eventually, lmtp_target, message, populate, start_serve, write_config
+from .helpers import lmtpclient
+from .helpers.club import lmtp_target, message, populate, write_config
+from .helpers.processes import alive, children, start_serve
+from .helpers.sink import Sink
+from .helpers.timing import eventually
 
 YOUTH = {"anna@example.net", "bob@example.net", "carla@example.com"}
 
@@ -84,19 +87,6 @@ async def test_sigterm_finishes_a_session_inside_a_transaction(short_dir, sink: 
     db = sqlite3.connect(cfg.database)
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
     db.close()
-
-
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_delivery_runs_in_its_own_process_and_is_restarted(short_dir, sink: Sink):

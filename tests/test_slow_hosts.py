@@ -12,7 +12,6 @@ import asyncio
 import random
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,18 +26,13 @@ from lmtpd.queue import FANOUT
 from lmtpd.relay import Timeouts
 from lmtpd.store import Writer, connect_sync
 
-from .conftest import Clock, Sink, eventually, message
-from .test_mx import Net, deliveries, post_and_deliver
+from .helpers.club import message
+from .helpers.mx import Net, deliveries, post_and_deliver
+from .helpers.sink import Sink
+from .helpers.timing import Clock, eventually
 
 SLOW = [f"a{i}@slow.example" for i in range(4)]  # sort first: their copies are claimed first
 HEALTHY = ["hal@ok-a.example", "hugo@ok-a.example", "ines@ok-b.example", "ivo@ok-b.example"]
-
-
-@pytest.fixture
-async def net(tmp_path: Path) -> AsyncIterator[Net]:
-    n = Net(tmp_path)
-    yield n
-    n.close()
 
 
 def tarpit(release: asyncio.Event) -> type[SMTP]:
