@@ -6,8 +6,6 @@ import asyncio
 import random
 from email import message_from_bytes
 
-from lmtpd import queue
-from lmtpd.config import QueueConfig
 from lmtpd.delivery import Worker
 from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync, open_database
@@ -70,26 +68,6 @@ async def test_replies_decide_sent_deferred_failed(service, club_config, sink: S
     assert states["carla@example.com"]["state"] == "failed"
     assert states["carla@example.com"]["last_reply"] == "550 5.1.1 no such user"
     assert bob["lease_owner"] is None
-
-
-def test_backoff_follows_age_within_bounds():
-    cfg = QueueConfig(minimal_backoff=300, maximal_backoff=3600)
-    rng = random.Random(1)
-    assert 270 <= queue.backoff(10, cfg, rng) <= 330
-    assert 1800 <= queue.backoff(2000, cfg, rng) <= 2200
-    assert 3240 <= queue.backoff(86400, cfg, rng) <= 3960
-
-
-def test_expiry_turns_a_deferral_into_a_failure():
-    cfg = QueueConfig(max_queue_lifetime=7200)
-    copy = queue.Delivery(1, "Q", 1, "bob@example.net", "youth-bounces@myclub.org", 3, created_at=0)
-    temp = queue.Attempt(copy, sent=False, permanent=False, reply="451 4.2.0 busy")
-    state, _, status = queue.next_state(temp, now=1000, cfg=cfg)
-    assert state == queue.PENDING and status == ""
-    state, _, status = queue.next_state(temp, now=7000, cfg=cfg)
-    assert state == queue.FAILED and status == "4.4.7"
-    final = queue.Attempt(copy, sent=False, permanent=True, reply="550 5.1.1 no such user")
-    assert queue.next_state(final, now=10, cfg=cfg)[::2] == (queue.FAILED, "5.1.1")
 
 
 async def test_retries_with_injected_clock_until_delivered(club_config, sink: Sink, clock: Clock):

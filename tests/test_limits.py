@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lmtpd.config import Config, LmtpConfig, PolicyConfig, load
+from lmtpd.config import Config, load
 from lmtpd.daemon import Service
 
 from .helpers import lmtpclient
@@ -325,9 +325,3 @@ async def test_policy_connections_have_a_cap_and_an_idle_timeout(impatient_servi
             assert await asyncio.wait_for(r.read(), 5) == b""
         w.close()
     await eventually(lambda: len(svc.policy_gate) == 0, what="the connections to be released")
-
-
-def test_defaults_follow_postfix():
-    assert LmtpConfig.timeout == 300  # Postfix's smtpd_timeout
-    assert LmtpConfig.max_connections >= 20  # Postfix's lmtp_destination_concurrency_limit
-    assert PolicyConfig.timeout > 300  # Postfix closes idle policy connections itself after 300 s
