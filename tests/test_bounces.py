@@ -16,7 +16,7 @@ from lmtpd.lists import verp_recipient, verp_sender
 from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync
 
-from .helpers.club import DATA, message, populate, write_config
+from .helpers.club import DATA, message, new_club, write_config
 from .helpers.processes import spawn_lmtpd
 from .helpers.timing import Clock
 
@@ -119,9 +119,9 @@ class BounceClub:
 @pytest.fixture
 async def bounce_club(tmp_path, clock: Clock) -> AsyncIterator[BounceClub]:
     """A club (no server) whose members are disabled after three bounce days; scores go stale after 7."""
-    config = write_config(tmp_path, "127.0.0.1:8024", 1, extra="[bounces]\nthreshold = 3\nstale_after_days = 7\n")
-    cfg = load(config)
-    await populate(cfg, MEMBERS)
+    cfg = await new_club(
+        tmp_path, "127.0.0.1:8024", 1, extra="[bounces]\nthreshold = 3\nstale_after_days = 7\n", members=MEMBERS
+    )
     c = BounceClub(cfg, clock)
     yield c
     c.db.close()
@@ -254,9 +254,7 @@ async def test_two_runs_at_once_process_each_bounce_once(bounce_club: BounceClub
 
 
 async def test_verp_delimiters_are_configurable(tmp_path, clock: Clock):
-    config = write_config(tmp_path, "127.0.0.1:8024", 1, extra='[bounces]\nverp_delimiters = "+%"\n')
-    cfg = load(config)
-    await populate(cfg, MEMBERS)
+    cfg = await new_club(tmp_path, "127.0.0.1:8024", 1, extra='[bounces]\nverp_delimiters = "+%"\n', members=MEMBERS)
     assert (
         verp_sender("youth-bounces@myclub.org", "bob@example.net", "+%") == "youth-bounces+bob%example.net@myclub.org"
     )

@@ -39,10 +39,10 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from lmtpd.config import Config, load
+from lmtpd.config import Config
 
 from .helpers import fuzzkit, lmtpclient
-from .helpers.club import populate, running, write_config
+from .helpers.club import new_club, running
 from .helpers.sink import Sink
 from .helpers.timing import Clock
 
@@ -80,15 +80,12 @@ SYNC = b"RCPT TO:<sync@fuzz.invalid>\r\n"  # outside a transaction: always one 5
 @pytest.fixture
 async def fuzz_lmtp(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[Config]:
     """The club, with no daily limit in the way and no delivery running."""
-    path = write_config(
+    cfg = await new_club(
         short_dir,
-        f"unix:{short_dir}/lmtpd.sock",
-        sink.port,
+        relay_port=sink.port,
         posts_per_day=POSTS_PER_DAY,
         relay_extra="deliver = false\n",
     )
-    cfg = load(path)
-    await populate(cfg)
     db = sqlite3.connect(cfg.database)
     with db:  # a list whose posts and bounces cannot be stored: a real SQLite error, raised by a trigger
         db.execute("INSERT INTO lists (name, description, posters, created_at) VALUES ('broken', '', 'club', 0)")

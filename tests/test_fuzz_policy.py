@@ -35,10 +35,10 @@ from pathlib import Path
 
 import pytest
 
-from lmtpd.config import Config, load
+from lmtpd.config import Config
 
 from .helpers import fuzzkit
-from .helpers.club import populate, running, write_config
+from .helpers.club import new_club, running
 from .helpers.sink import Sink
 from .helpers.timing import Clock
 
@@ -62,15 +62,12 @@ FIRST = (
 @pytest.fixture
 async def fuzz_policy(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[Config]:
     """The club, its service running with a policy socket and no delivery."""
-    path = write_config(
+    cfg = await new_club(
         short_dir,
-        f"unix:{short_dir}/lmtpd.sock",
-        sink.port,
+        relay_port=sink.port,
         extra=f'[policy]\nlisten = "unix:{short_dir}/policy.sock"\n',
         relay_extra="deliver = false\n",
     )
-    cfg = load(path)
-    await populate(cfg)
     async with running(cfg, clock):
         yield cfg
 

@@ -12,10 +12,9 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP
 
-from lmtpd.config import load
 from lmtpd.routes import order_mx
 
-from .helpers.club import populate, write_config
+from .helpers.club import new_club
 from .helpers.mx import Net, post_and_deliver
 from .helpers.sink import Sink
 from .helpers.timing import Clock
@@ -176,9 +175,7 @@ async def test_a_failed_handshake_falls_back_to_plain_text(net: Net, clock: Cloc
 
 
 async def test_smarthost_requiring_tls_refuses_plain_text(tmp_path: Path, clock: Clock, sink: Sink):
-    config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, relay_extra="starttls = true")
-    cfg = load(config)
-    await populate(cfg)
+    cfg = await new_club(tmp_path, "127.0.0.1:8024", relay_port=sink.port, relay_extra="starttls = true")
     rows = await post_and_deliver(cfg, clock)
     assert {r["state"] for r in rows.values()} == {"pending"}
     assert all(r["last_reply"].startswith("4.7.4") for r in rows.values())
@@ -205,12 +202,10 @@ async def test_smarthost_with_starttls_and_auth(tmp_path: Path, clock: Clock, ca
         "127.0.0.1", 0,
     )  # fmt: skip
     port = sink.server.sockets[0].getsockname()[1]
-    config = write_config(
+    cfg = await new_club(
         tmp_path, "127.0.0.1:8024", relay_port=port,
         relay_extra=f'starttls = true\nusername = "lists"\npassword = "s3cret"\ntls_ca_file = "{ca_file}"',
     )  # fmt: skip
-    cfg = load(config)
-    await populate(cfg)
     rows = await post_and_deliver(cfg, clock)
     sink.server.close()
     assert {r["state"] for r in rows.values()} == {"sent"}

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lmtpd.config import load
 from lmtpd.daemon import Service
 
-from .helpers.club import populate, write_config
+from .helpers.club import new_club
 from .helpers.policyclient import ask, connect, request
 from .helpers.sink import Sink
 from .helpers.timing import Clock
@@ -21,11 +20,9 @@ from .helpers.timing import Clock
 
 async def start_policy_service(folder: Path, sink: Sink, clock: Clock, policy: str = "") -> Service:
     socket_path = folder / "policy.sock"
-    config = write_config(
+    cfg = await new_club(
         folder, f"unix:{folder}/lmtpd.sock", sink.port, extra=f'[policy]\nlisten = "unix:{socket_path}"\n{policy}'
     )
-    cfg = load(config)
-    await populate(cfg)
     svc = Service(cfg, clock)
     await svc.start()
     return svc

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from lmtpd.config import load
-
 from .helpers import dnsserver, postfix
-from .helpers.club import REPO, populate, write_config
+from .helpers.club import REPO, new_club
 from .helpers.milter import Milter
 from .helpers.processes import serving
 
@@ -75,11 +73,10 @@ async def verifying_served_club(milter_postfix, short_dir: Path):
         f'[dns]\nnameservers = ["127.0.0.1:{port}"]\ntimeout = 3\n'
         f'[auth]\nrequire = "dkim-or-spf"\nauthserv_id = "{AUTHSERV_ID}"\n'
     )
-    config = write_config(
+    cfg = await new_club(
         short_dir, f"unix:{milter_postfix.lmtp_socket}", milter_postfix.port, extra=extra, relay_extra="deliver = false"
     )
-    cfg = load(config)
-    await populate(cfg)
+    config = cfg.source
     try:
         async with serving(config):
             yield cfg

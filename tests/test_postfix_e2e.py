@@ -19,11 +19,10 @@ from email.utils import parseaddr
 import pytest
 
 from lmtpd import bounces
-from lmtpd.config import load
 from lmtpd.store import connect_sync
 
 from .helpers import postfix
-from .helpers.club import populate, write_config
+from .helpers.club import new_club
 from .helpers.processes import serving
 from .helpers.sink import Sink, start_sink
 from .helpers.timing import eventually
@@ -68,11 +67,10 @@ async def members_side() -> Sink:
 @pytest.fixture
 async def served_club(front_postfix, short_dir, members_side):
     policy = f'[policy]\nlisten = "unix:{front_postfix.queue}/private/lmtpd-policy"\nsocket_mode = "0666"\n'
-    config = write_config(
+    cfg = await new_club(
         short_dir, f"unix:{front_postfix.lmtp_socket}", front_postfix.port, extra=policy, posts_per_day=2
     )
-    cfg = load(config)
-    await populate(cfg)
+    config = cfg.source
     async with serving(config):
         yield cfg
 
@@ -188,12 +186,11 @@ async def test_bounces_through_postfix_disable_a_dead_address(front_postfix, sho
     """The far end refuses bob after Postfix took the copy: Postfix bounces to the VERP
     address, the bounce comes back over LMTP, and after threshold-many days bob is off."""
     policy = f'[policy]\nlisten = "unix:{front_postfix.queue}/private/lmtpd-policy"\nsocket_mode = "0666"\n'
-    config = write_config(
+    cfg = await new_club(
         short_dir, f"unix:{front_postfix.lmtp_socket}", front_postfix.port, posts_per_day=20, admin="admin@example.com",
         extra=policy + "[bounces]\nthreshold = 3\n",
     )  # fmt: skip
-    cfg = load(config)
-    await populate(cfg)
+    config = cfg.source
     members_side.rcpt_replies = {
         "bob@example.net": "550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown"
     }

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 import pytest
 from flufl.bounce import all_failures
 
-from lmtpd.config import Config, load
+from lmtpd.config import Config
 from lmtpd.delivery import Worker
 from lmtpd.ingest import IngestHandler
 from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync
 
-from .helpers.club import message, populate, write_config
+from .helpers.club import message, new_club
 from .helpers.reports import parse_report
 from .helpers.sink import Sink
 from .helpers.timing import Clock
@@ -47,9 +47,7 @@ class DeliveringClub:
 
 
 async def make_club(tmp_path, sink: Sink, clock: Clock, queue_extra: str) -> DeliveringClub:
-    config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra=queue_extra)
-    cfg = load(config)
-    await populate(cfg)
+    cfg = await new_club(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra=queue_extra)
     writer = Writer(cfg.database, work=FANOUT)
     await writer.start()
     return DeliveringClub(cfg, writer, clock)

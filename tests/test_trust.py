@@ -14,12 +14,12 @@ from click.testing import CliRunner
 
 from lmtpd import roster
 from lmtpd.cli import main
-from lmtpd.config import Config, load
+from lmtpd.config import Config
 from lmtpd.copies import ListStyle, copy_headers
 from lmtpd.headers import HeaderValueError, address_field, field, text
 
 from .helpers import lmtpclient
-from .helpers.club import add_list, message, populate, rows, running, write_config
+from .helpers.club import add_list, message, new_club, rows, running, write_config
 from .helpers.sink import Sink
 from .helpers.timing import Clock
 
@@ -35,13 +35,11 @@ async def trusting_club(short_dir: Path, sink: Sink, clock: Clock) -> AsyncItera
 
     The list open needs no proof and always rewrites From (DMARC mitigation).
     """
-    config = write_config(
+    cfg = await new_club(
         short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port,
         extra='[auth]\nrequire = "dkim-or-spf"\nauthserv_id = "mx.myclub.org"\n',
         relay_extra="deliver = false",
     )  # fmt: skip
-    cfg = load(config)
-    await populate(cfg)
     await add_list(cfg, "open", roster.ListSettings(auth_require="none", dmarc_mitigation="always"))
     async with running(cfg, clock):
         yield cfg

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtpd import roster
-from lmtpd.config import Config
+from lmtpd.config import Config, load
 from lmtpd.daemon import Service
 from lmtpd.store import open_database, transaction
 
@@ -83,6 +83,17 @@ async def populate(cfg: Config, members: Members = MEMBERS) -> None:
         await transaction(db, fill)
     finally:
         await db.close()
+
+
+async def new_club(
+    folder: Path, listen: str = "", relay_port: int = 2525, members: Members = MEMBERS, **settings: Any
+) -> Config:
+    """A club in ``folder`` with its lists and ``members``: :func:`write_config` (``settings``
+    are its keyword arguments), loaded and populated. LMTP on folder/lmtpd.sock unless ``listen``
+    says otherwise; the config file is ``cfg.source``."""
+    cfg = load(write_config(folder, listen or f"unix:{folder}/lmtpd.sock", relay_port, **settings))
+    await populate(cfg, members)
+    return cfg
 
 
 async def add_list(cfg: Config, name: str, settings: roster.ListSettings | None = None) -> None:
