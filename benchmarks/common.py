@@ -1,7 +1,13 @@
-"""What the benchmarks share: ports, Postfix's smtp-sink, a club's configuration."""
+"""What the benchmarks share: ports, Postfix's smtp-sink, a club's configuration, an LMTP client.
+
+The benchmarks stand alone: they import lmtpd and this module, never the tests, so
+they run from any checkout or installed tree, and a change to the test helpers
+cannot change a measurement.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -93,3 +99,46 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+async def lmtp_send(path: Path, mail_from: str, rcpts: list[str], data: bytes) -> list[str]:
+    """One LMTP transaction on a Unix socket; the replies after DATA, one per accepted RCPT.
+
+    A copy, cut down, of the tests' raw client (tests/helpers/lmtpclient.py): smtplib's
+    LMTP reads only the first reply after DATA, and the benchmarks do not import tests.
+    """
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+
+    async def reply() -> str:
+        while True:
+            line = (await asyncio.wait_for(reader.readline(), 60)).decode("utf-8", "replace")
+            if not line:
+                raise ConnectionError("the LMTP server closed the connection")
+            if line[3:4] != "-":
+                return line.rstrip("\r\n")
+
+    try:
+        await reply()  # the greeting
+        writer.write(b"LHLO bench.example.org\r\n")
+        await reply()
+        writer.write(f"MAIL FROM:<{mail_from}>\r\n".encode())
+        if not (await reply()).startswith("250"):
+            raise ConnectionError("MAIL FROM refused")
+        accepted = 0
+        for rcpt in rcpts:
+            writer.write(f"RCPT TO:<{rcpt}>\r\n".encode())
+            accepted += (await reply()).startswith("250")
+        if not accepted:
+            return []
+        writer.write(b"DATA\r\n")
+        go = await reply()
+        if not go.startswith("354"):
+            return [go]
+        body = b"".join(b"." + line if line.startswith(b".") else line for line in data.splitlines(keepends=True))
+        writer.write(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        replies = [await reply() for _ in range(accepted)]
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        return replies
+    finally:
+        writer.close()

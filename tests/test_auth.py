@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lmtpd import auth, roster
 from lmtpd.config import Config, load
-from lmtpd.daemon import Service
-from lmtpd.store import open_database, transaction
 
-from . import dnsserver, lmtpclient
-from .conftest import Clock, Sink, lmtp_target, message, populate, write_config
+from .helpers import dnsserver, lmtpclient
+from .helpers.club import add_list, lmtp_target, message, populate, running, write_config
+from .helpers.signing import dkim_key, sign
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 RECEIVED_OK = (
     "Received: from mail.example.net (mail.example.net [192.0.2.10])\r\n"
@@ -28,33 +25,17 @@ RECEIVED_OK = (
 RECEIVED_OTHER = RECEIVED_OK.replace("192.0.2.10", "198.51.100.7")
 
 
-def dkim_key() -> tuple[bytes, str]:
-    """(private key PEM, the DNS TXT record that publishes its public half)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    b64 = base64.b64encode(public).decode()
-    record = "v=DKIM1; k=rsa; p=" + b64
-    return private, " ".join(f'"{record[i : i + 200]}"' for i in range(0, len(record), 200))
-
-
 @pytest.fixture(scope="module")
 def keys() -> dict[str, tuple[bytes, str]]:
     return {"example.net": dkim_key(), "other.example": dkim_key()}
 
 
-def sign(data: bytes, domain: str, key: bytes) -> bytes:
-    signature = dkim.sign(
-        data, b"sel", domain.encode(), key,
-        include_headers=[b"from", b"to", b"subject", b"message-id", b"date"],
-    )  # fmt: skip
-    return signature + data
-
-
 @pytest.fixture
-async def club(short_dir: Path, sink: Sink, clock: Clock, keys) -> AsyncIterator[tuple[Config, Service]]:
+async def authenticating_club(short_dir: Path, sink: Sink, clock: Clock, keys) -> AsyncIterator[Config]:
+    """A running club whose lists need DKIM or SPF proof, asking a DNS server that knows ``keys``.
+
+    Lists: youth and trainers (the default, dkim-or-spf), open (none), social (dmarc).
+    """
     zone = dnsserver.Zone()
     for domain, (_, record) in keys.items():
         zone.add(f"sel._domainkey.{domain}", "TXT", record)
@@ -76,15 +57,13 @@ async def club(short_dir: Path, sink: Sink, clock: Clock, keys) -> AsyncIterator
         "rel@relaxed.example": ("Rel", ["youth"]),
     }
     await populate(cfg, members)
-    db = await open_database(cfg.database)
-    await transaction(db, lambda db: roster.add_list(db, "open", 0, roster.ListSettings(auth_require="none")))
-    await transaction(db, lambda db: roster.add_list(db, "social", 0, roster.ListSettings(auth_require="dmarc")))
-    await db.close()
-    svc = Service(cfg, clock)
-    await svc.start()
-    yield cfg, svc
-    await svc.stop()
-    transport.close()
+    await add_list(cfg, "open", roster.ListSettings(auth_require="none"))
+    await add_list(cfg, "social", roster.ListSettings(auth_require="dmarc"))
+    try:
+        async with running(cfg, clock):
+            yield cfg
+    finally:
+        transport.close()
 
 
 def stored_auth(cfg: Config) -> list[str]:
@@ -100,36 +79,36 @@ async def post(cfg: Config, data: bytes, rcpts=("youth@myclub.org",), sender="an
     return t.data
 
 
-async def test_a_signed_post_verifies(club, keys):
-    cfg, _ = club
+async def test_a_signed_post_verifies(authenticating_club: Config, keys):
+    cfg = authenticating_club
     replies = await post(cfg, sign(message(), "example.net", keys["example.net"][0]))
     assert replies[0].startswith("250"), replies
     assert stored_auth(cfg) == ["dkim=pass header.d=example.net; spf=none; by=verified"]
 
 
-async def test_a_members_from_without_signature_is_refused(club):
-    cfg, _ = club
+async def test_a_members_from_without_signature_is_refused(authenticating_club: Config):
+    cfg = authenticating_club
     replies = await post(cfg, message())
     assert replies[0].startswith("550 5.7.1 <anna@example.net> is not proven: no DKIM signature"), replies
     assert "youth requires dkim-or-spf" in replies[0]
 
 
-async def test_a_broken_body_hash_is_refused(club, keys):
-    cfg, _ = club
+async def test_a_broken_body_hash_is_refused(authenticating_club: Config, keys):
+    cfg = authenticating_club
     signed = sign(message(), "example.net", keys["example.net"][0])
     replies = await post(cfg, signed.replace(b"See you at 10.", b"See you at 11."))
     assert replies[0].startswith("550 5.7.1 <anna@example.net> is not proven: its DKIM signature did not verify")
 
 
-async def test_a_signature_of_another_domain_is_not_enough(club, keys):
-    cfg, _ = club
+async def test_a_signature_of_another_domain_is_not_enough(authenticating_club: Config, keys):
+    cfg = authenticating_club
     replies = await post(cfg, sign(message(), "other.example", keys["other.example"][0]))
     assert replies[0].startswith("550 5.7.1"), replies
     assert "dkim=pass header.d=other.example" in replies[0]  # it verifies, but is not aligned
 
 
-async def test_spf_for_the_client_our_postfix_recorded(club):
-    cfg, _ = club
+async def test_spf_for_the_client_our_postfix_recorded(authenticating_club: Config):
+    cfg = authenticating_club
     assert (await post(cfg, RECEIVED_OK.encode() + message()))[0].startswith("250")
     assert stored_auth(cfg) == ["dkim=none; spf=pass smtp.mailfrom=example.net; by=verified"]
     replies = await post(cfg, RECEIVED_OTHER.encode() + message())
@@ -139,16 +118,16 @@ async def test_spf_for_the_client_our_postfix_recorded(club):
     assert replies[0].startswith("550 5.7.1")
 
 
-async def test_trusted_authentication_results_are_honoured(club):
-    cfg, _ = club
+async def test_trusted_authentication_results_are_honoured(authenticating_club: Config):
+    cfg = authenticating_club
     ours = "Authentication-Results: mx.myclub.org; dkim=pass header.d=example.net header.s=sel\r\n"
     replies = await post(cfg, (ours + RECEIVED_OTHER).encode() + message())
     assert replies[0].startswith("250"), replies
     assert stored_auth(cfg) == ["dkim=pass header.d=example.net; spf=none; by=mx.myclub.org"]
 
 
-async def test_untrusted_authentication_results_are_ignored_and_removed(club):
-    cfg, _ = club
+async def test_untrusted_authentication_results_are_ignored_and_removed(authenticating_club: Config):
+    cfg = authenticating_club
     forged = "Authentication-Results: mx.myclub.org; dkim=pass header.d=example.net\r\n"
     # below the sender's own Received header: it came with the message
     data = (RECEIVED_OTHER + RECEIVED_OTHER.replace("mx.myclub.org", "relay.example.org") + forged).encode()
@@ -161,8 +140,8 @@ async def test_untrusted_authentication_results_are_ignored_and_removed(club):
     assert raw.endswith(message().split(b"\r\n\r\n", 1)[1])  # the body is untouched
 
 
-async def test_dmarc_mode_follows_the_authors_domain_policy(club):
-    cfg, _ = club
+async def test_dmarc_mode_follows_the_authors_domain_policy(authenticating_club: Config):
+    cfg = authenticating_club
     relaxed = message(author="rel@relaxed.example")
     assert (await post(cfg, relaxed, rcpts=("social@myclub.org",), sender="rel@relaxed.example"))[0].startswith("250")
     strict = message(author="sam@strict.example")

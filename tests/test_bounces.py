@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,7 +16,9 @@ from lmtpd.lists import verp_recipient, verp_sender
 from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync
 
-from .conftest import DATA, Clock, message, populate, spawn_lmtpd, write_config
+from .helpers.club import DATA, message, new_club, write_config
+from .helpers.processes import spawn_lmtpd
+from .helpers.timing import Clock
 
 CORPUS = DATA / "bounces"
 EXPECTED = {
@@ -81,7 +84,9 @@ MEMBERS = {
 }
 
 
-class Club:
+class BounceClub:
+    """A club with its database open, receiving bounces through ingest and processing them."""
+
     def __init__(self, cfg: Config, clock: Clock):
         self.cfg, self.clock = cfg, clock
         self.db = connect_sync(cfg.database)
@@ -112,90 +117,93 @@ class Club:
 
 
 @pytest.fixture
-async def club(tmp_path, clock: Clock):
-    config = write_config(tmp_path, "127.0.0.1:8024", 1, extra="[bounces]\nthreshold = 3\nstale_after_days = 7\n")
-    cfg = load(config)
-    await populate(cfg, MEMBERS)
-    c = Club(cfg, clock)
+async def bounce_club(tmp_path, clock: Clock) -> AsyncIterator[BounceClub]:
+    """A club (no server) whose members are disabled after three bounce days; scores go stale after 7."""
+    cfg = await new_club(
+        tmp_path, "127.0.0.1:8024", 1, extra="[bounces]\nthreshold = 3\nstale_after_days = 7\n", members=MEMBERS
+    )
+    c = BounceClub(cfg, clock)
     yield c
     c.db.close()
 
 
-async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(club: Club, clock: Clock):
+async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(bounce_club: BounceClub, clock: Clock):
     for _ in range(3):
-        await club.receive("postfix_user_unknown.eml")
-        await club.receive("postfix_user_unknown.eml")  # the same day: no second point
-        report = club.process()
+        await bounce_club.receive("postfix_user_unknown.eml")
+        await bounce_club.receive("postfix_user_unknown.eml")  # the same day: no second point
+        report = bounce_club.process()
         assert report.counts == {"permanent": 2}
         clock.advance(86400)
-    bob = club.member("bob@example.net")
+    bob = bounce_club.member("bob@example.net")
     assert bob["bounce_score"] == 3
     assert bob["delivery_disabled_at"] is not None
     assert "5.1.1" in bob["disabled_reason"] and "User unknown" in bob["disabled_reason"]
-    assert [r["counted"] for r in club.bounce_rows()] == [1, 0, 1, 0, 1, 0]
+    assert [r["counted"] for r in bounce_club.bounce_rows()] == [1, 0, 1, 0, 1, 0]
     # one summary to the administrator, queued as a report, naming bob with evidence
-    summaries = club.db.execute(
+    summaries = bounce_club.db.execute(
         "SELECT m.raw FROM messages m JOIN posts p ON p.message_id = m.id WHERE p.kind = 'report'"
     ).fetchall()
     assert len(summaries) == 1
     text = bytes(summaries[0][0]).decode()
     assert "To: admin@myclub.org" in text and "<bob@example.net> (Bob)" in text and "5.1.1" in text
-    assert club.process().summary_queue_id is None  # reported once
+    assert bounce_club.process().summary_queue_id is None  # reported once
     # bob stays a member but gets no copies of the next post
-    writer = Writer(club.cfg.database, work=FANOUT)
+    writer = Writer(bounce_club.cfg.database, work=FANOUT)
     await writer.start()
-    await IngestHandler(club.cfg, writer, club.db, clock).decide("anna@example.net", ["youth@myclub.org"], message())
+    await IngestHandler(bounce_club.cfg, writer, bounce_club.db, clock).decide(
+        "anna@example.net", ["youth@myclub.org"], message()
+    )
     await writer.stop()
     recipients = {
-        r[0] for r in club.db.execute("SELECT recipient FROM deliveries WHERE recipient != 'admin@myclub.org'")
+        r[0] for r in bounce_club.db.execute("SELECT recipient FROM deliveries WHERE recipient != 'admin@myclub.org'")
     }
     assert "bob@example.net" not in recipients and "anna@example.net" in recipients
 
 
-async def test_a_stale_score_starts_again(club: Club, clock: Clock):
+async def test_a_stale_score_starts_again(bounce_club: BounceClub, clock: Clock):
     for _ in range(2):
-        await club.receive("postfix_user_unknown.eml")
-        club.process()
+        await bounce_club.receive("postfix_user_unknown.eml")
+        bounce_club.process()
         clock.advance(86400)
-    assert club.member("bob@example.net")["bounce_score"] == 2
+    assert bounce_club.member("bob@example.net")["bounce_score"] == 2
     clock.advance(8 * 86400)
-    await club.receive("postfix_user_unknown.eml")
-    club.process()
-    bob = club.member("bob@example.net")
+    await bounce_club.receive("postfix_user_unknown.eml")
+    bounce_club.process()
+    bob = bounce_club.member("bob@example.net")
     assert bob["bounce_score"] == 1 and bob["delivery_disabled_at"] is None
 
 
-async def test_policy_temporary_and_auto_replies_do_not_count(club: Club):
-    await club.receive("dmarc_reject.eml")
-    await club.receive("postfix_delayed.eml")
-    await club.receive("vacation.eml")
-    report = club.process()
+async def test_policy_temporary_and_auto_replies_do_not_count(bounce_club: BounceClub):
+    await bounce_club.receive("dmarc_reject.eml")
+    await bounce_club.receive("postfix_delayed.eml")
+    await bounce_club.receive("vacation.eml")
+    report = bounce_club.process()
     assert report.counts == {"policy": 1, "temporary": 1, "auto-reply": 1}
-    rows = club.bounce_rows()
+    rows = bounce_club.bounce_rows()
     assert [(r["kind"], r["address"], r["counted"]) for r in rows] == [
         ("policy", "ida@strict.example", 0),
         ("temporary", "carla@example.com", 0),
         ("auto-reply", "kim@example.net", 0),
     ]
-    assert all(m["bounce_score"] == 0 for m in club.db.execute("SELECT bounce_score FROM members"))
+    assert all(m["bounce_score"] == 0 for m in bounce_club.db.execute("SELECT bounce_score FROM members"))
 
 
-async def test_attribution_without_verp_and_unattributed_bounces(club: Club):
-    await club.receive("quoted_printable_dsn.eml")  # sent to youth-bounces@, names mo@qp.example
-    await club.receive("gmail_no_such_user.eml", to="youth-bounces@myclub.org")  # names a stranger
-    await club.receive("garbage.eml", to="youth-bounces@myclub.org")
-    report = club.process()
+async def test_attribution_without_verp_and_unattributed_bounces(bounce_club: BounceClub):
+    await bounce_club.receive("quoted_printable_dsn.eml")  # sent to youth-bounces@, names mo@qp.example
+    await bounce_club.receive("gmail_no_such_user.eml", to="youth-bounces@myclub.org")  # names a stranger
+    await bounce_club.receive("garbage.eml", to="youth-bounces@myclub.org")
+    report = bounce_club.process()
     assert report.counts == {"permanent": 1, "unattributed": 2}
-    rows = club.bounce_rows()
+    rows = bounce_club.bounce_rows()
     assert (rows[0]["kind"], rows[0]["address"], rows[0]["counted"]) == ("permanent", "mo@qp.example", 1)
     assert rows[1]["kind"] == "unattributed" and rows[2]["kind"] == "unattributed"
     assert all(r["processed_at"] is not None for r in rows)  # kept, listed, never dropped
 
 
-async def test_bounce_commands(club: Club):
-    await club.receive("postfix_user_unknown.eml")
-    await club.receive("gmail_no_such_user.eml", to="youth-bounces@myclub.org")
-    config = club.cfg.source
+async def test_bounce_commands(bounce_club: BounceClub):
+    await bounce_club.receive("postfix_user_unknown.eml")
+    await bounce_club.receive("gmail_no_such_user.eml", to="youth-bounces@myclub.org")
+    config = bounce_club.cfg.source
 
     async def lmtpd(*args: str) -> tuple[int, str]:
         proc = await spawn_lmtpd(config, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -218,20 +226,20 @@ async def test_bounce_commands(club: Club):
     assert bob["bounce_score"] == 1 and bob["delivery_disabled"] is None
     code, out = await lmtpd("members", "list")
     assert "bob@example.net\tBob\tyouth\tbounces=1" in out
-    club.db.execute("UPDATE members SET delivery_disabled_at = 1, disabled_reason = 'test' WHERE address = ?",
+    bounce_club.db.execute("UPDATE members SET delivery_disabled_at = 1, disabled_reason = 'test' WHERE address = ?",
                     ("bob@example.net",))  # fmt: skip
     code, out = await lmtpd("members", "list")
     assert "delivery disabled since" in out
     code, out = await lmtpd("members", "enable", "bob@example.net")
     assert code == 0 and out.strip() == "delivery to bob@example.net enabled"
-    bob = club.member("bob@example.net")
+    bob = bounce_club.member("bob@example.net")
     assert bob["delivery_disabled_at"] is None and bob["bounce_score"] == 0
 
 
-async def test_two_runs_at_once_process_each_bounce_once(club: Club):
+async def test_two_runs_at_once_process_each_bounce_once(bounce_club: BounceClub):
     for i in range(60):
-        await club.receive("postfix_user_unknown.eml" if i % 2 else "dmarc_reject.eml")
-    config = club.cfg.source
+        await bounce_club.receive("postfix_user_unknown.eml" if i % 2 else "dmarc_reject.eml")
+    config = bounce_club.cfg.source
     procs = [
         await spawn_lmtpd(config, "bounces", "process", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         for _ in range(2)
@@ -240,19 +248,17 @@ async def test_two_runs_at_once_process_each_bounce_once(club: Club):
     assert all(p.returncode == 0 for p in procs), outs
     totals = [int(out.split("processed ")[1].split()[0]) for out in outs]
     assert sum(totals) == 60
-    rows = club.bounce_rows()
+    rows = bounce_club.bounce_rows()
     assert all(r["processed_at"] is not None for r in rows)
-    assert club.member("bob@example.net")["bounce_score"] == 1  # all on one day: one point
+    assert bounce_club.member("bob@example.net")["bounce_score"] == 1  # all on one day: one point
 
 
 async def test_verp_delimiters_are_configurable(tmp_path, clock: Clock):
-    config = write_config(tmp_path, "127.0.0.1:8024", 1, extra='[bounces]\nverp_delimiters = "+%"\n')
-    cfg = load(config)
-    await populate(cfg, MEMBERS)
+    cfg = await new_club(tmp_path, "127.0.0.1:8024", 1, extra='[bounces]\nverp_delimiters = "+%"\n', members=MEMBERS)
     assert (
         verp_sender("youth-bounces@myclub.org", "bob@example.net", "+%") == "youth-bounces+bob%example.net@myclub.org"
     )
-    c = Club(cfg, clock)
+    c = BounceClub(cfg, clock)
     await c.receive("postfix_user_unknown.eml", to="youth-bounces+bob%example.net@myclub.org")
     report = c.process()
     assert report.counts == {"permanent": 1}

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from lmtpd.cli import main
 
-from .conftest import write_config
+from .helpers.club import write_config
 
 
 @pytest.fixture
@@ -30,39 +30,12 @@ def run(cfg_path: Path, *args: str, input: str | None = None):
 
 @pytest.mark.parametrize(
     "text, expected",
-    [
+    [  # what each key's error says is tested in test_config.py; here, how the command line reports one
         ("domain = 'myclub.org'\n", "database: required key is missing"),
-        (
-            "domain = 'not a domain'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n",
-            "domain: not a domain name",
-        ),
-        (
-            "domain = 'myclub.org'\ndatabase='x'\nadmin='nobody'\n[lmtp]\nlisten='127.0.0.1:1'\n",
-            "admin: not an email address",
-        ),
-        (
-            "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='somewhere'\n",
-            "[lmtp] listen: expected 'unix:/path' or 'HOST:PORT'",
-        ),
-        (
-            "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
-            "max_message_size = 'big'\n",
-            "[lmtp] max_message_size: expected a whole number",
-        ),
         (
             "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
             "[relay]\nprot = 25\n",
             "[relay] prot: unknown key",
-        ),
-        (
-            "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
-            "[limits]\nposts_per_day = -1\n",
-            "[limits] posts_per_day: must be at least 0",
-        ),
-        (
-            "domain = 'myclub.org'\ndatabase='x'\nadmin='a@myclub.org'\n[lmtp]\nlisten='127.0.0.1:1'\n"
-            "socket_mode = '999'\n",
-            "[lmtp] socket_mode: expected an octal mode",
         ),
         ("domain = = 'x'\n", "not valid TOML"),
     ],

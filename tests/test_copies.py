@@ -15,17 +15,19 @@ import dns.resolver
 import pytest
 
 from lmtpd import auth, roster
-from lmtpd.config import Config, load
+from lmtpd.config import Config
 from lmtpd.copies import ListStyle, Signer, copy_headers, prefixed_subject
 from lmtpd.ingest import IngestHandler
 from lmtpd.lists import split_message
 from lmtpd.queue import FANOUT, copy_of
 from lmtpd.routes import make_resolver
-from lmtpd.store import Writer, connect_sync, open_database, transaction
+from lmtpd.store import Writer, connect_sync
 
-from . import dnsserver
-from .conftest import DATA, Clock, message, populate, spawn_lmtpd, write_config
-from .test_auth import dkim_key, sign
+from .helpers import dnsserver
+from .helpers.club import DATA, add_list, message, new_club, write_config
+from .helpers.processes import spawn_lmtpd
+from .helpers.signing import dkim_key, sign
+from .helpers.timing import Clock
 
 GOLDEN = DATA / "golden"
 STYLE = ListStyle("youth", "myclub.org", "Youth section", owner="admin@myclub.org")
@@ -127,16 +129,13 @@ async def dmarc_world(tmp_path: Path):
 
 async def copy_for(tmp_path: Path, port: int, key_file: Path, mitigation: str, post: bytes) -> bytes:
     (tmp_path / mitigation).mkdir()
-    config = write_config(
+    cfg = await new_club(
         tmp_path / mitigation, "127.0.0.1:8024", 1,
         extra=f'[dns]\nnameservers = ["127.0.0.1:{port}"]\ntimeout = 3\n'
               f'[dkim]\nselector = "sel"\nkey_file = "{key_file}"\n',
+        members={"sam@strict.example": ("Sam", [])},
     )  # fmt: skip
-    cfg = load(config)
-    await populate(cfg, {"sam@strict.example": ("Sam", [])})
-    db = await open_database(cfg.database)
-    await transaction(db, lambda db: roster.add_list(db, "club", 0, roster.ListSettings(dmarc_mitigation=mitigation)))
-    await db.close()
+    await add_list(cfg, "club", roster.ListSettings(dmarc_mitigation=mitigation))
     await post_with_signer(cfg, post, ["club@myclub.org"], "sam@strict.example")
     conn = connect_sync(cfg.database)
     row = conn.execute("SELECT m.raw, p.headers FROM posts p JOIN messages m ON m.id = p.message_id").fetchone()
@@ -179,9 +178,8 @@ async def test_a_p_reject_authors_post_passes_dmarc_at_the_receiver(dmarc_world)
 
 
 async def test_loops_and_automatic_mail_are_accepted_but_not_posted(tmp_path: Path):
-    config = write_config(tmp_path, "127.0.0.1:8024", 1)
-    cfg = load(config)
-    await populate(cfg)
+    cfg = await new_club(tmp_path, "127.0.0.1:8024", 1)
+    config = cfg.source
     ours = copy_headers(split_message(message())[0], STYLE, False) + split_message(message())[1]
     other = copy_headers(split_message(message())[0], ListStyle("chess", "example.org"), False) + b"\r\nbody\r\n"
     received = "".join(f"Received: from hop{i}.example.net by hop{i + 1}.example.net\r\n" for i in range(31))
@@ -206,9 +204,7 @@ async def test_loops_and_automatic_mail_are_accepted_but_not_posted(tmp_path: Pa
 
 
 async def test_mail_to_the_request_address_reaches_the_owner(tmp_path: Path):
-    config = write_config(tmp_path, "127.0.0.1:8024", 1)
-    cfg = load(config)
-    await populate(cfg)
+    cfg = await new_club(tmp_path, "127.0.0.1:8024", 1)
     replies = await post_with_signer(cfg, message(subject="unsubscribe"), ["youth-request@myclub.org"], "x@example.org")
     assert "forwarded to the list owner" in replies[0]
     db = sqlite3.connect(cfg.database)

@@ -21,7 +21,10 @@ from lmtpd.ingest import IngestHandler
 from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync, open_database, transaction
 
-from .conftest import Clock, Sink, eventually, message, spawn_lmtpd, write_config
+from .helpers.club import message, write_config
+from .helpers.processes import spawn_lmtpd
+from .helpers.sink import Sink
+from .helpers.timing import Clock, eventually
 
 MEMBERS = 200
 POSTS = 10

@@ -6,22 +6,21 @@ import asyncio
 import random
 from email import message_from_bytes
 
-from lmtpd import queue
-from lmtpd.config import QueueConfig
 from lmtpd.delivery import Worker
 from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync, open_database
 
-from . import lmtpclient
-from .conftest import Clock, Sink, lmtp_target, message
-from .test_ingest import rows
+from .helpers import lmtpclient
+from .helpers.club import lmtp_target, message, rows
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 YOUTH = ["anna@example.net", "bob@example.net", "carla@example.com"]
 
 
-async def test_every_member_gets_one_copy_with_list_headers(service, club, sink: Sink):
+async def test_every_member_gets_one_copy_with_list_headers(service, club_config, sink: Sink):
     original = message(body="Line one\r\n.leading dot\r\n")
-    t = await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], original)
+    t = await lmtpclient.send(lmtp_target(club_config), "anna@example.net", ["youth@myclub.org"], original)
     assert t.data[0].startswith("250")
     await sink.wait_for(3)
     assert sorted(r.rcpt for r in sink.received) == YOUTH
@@ -33,13 +32,13 @@ async def test_every_member_gets_one_copy_with_list_headers(service, club, sink:
         assert msg["List-Id"] == '"Youth section" <youth.myclub.org>'
         assert msg["List-Post"] == "<mailto:youth@myclub.org>"
         assert copy.data.endswith(original.split(b"\r\n\r\n", 1)[1])  # body untouched
-    states = {r["state"] for r in rows(club, "SELECT state FROM deliveries")}
+    states = {r["state"] for r in rows(club_config, "SELECT state FROM deliveries")}
     assert states == {"sent"}
 
 
-async def test_two_lists_at_once_each_member_one_copy_per_list(service, club, sink: Sink):
+async def test_two_lists_at_once_each_member_one_copy_per_list(service, club_config, sink: Sink):
     t = await lmtpclient.send(
-        lmtp_target(club), "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"], message()
+        lmtp_target(club_config), "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"], message()
     )
     assert [r[:3] for r in t.data] == ["250", "250"]
     await sink.wait_for(5)
@@ -50,15 +49,15 @@ async def test_two_lists_at_once_each_member_one_copy_per_list(service, club, si
     assert sorted(by_list["trainers-bounces"]) == ["anna@example.net", "carla@example.com"]
 
 
-async def test_replies_decide_sent_deferred_failed(service, club, sink: Sink, clock: Clock):
+async def test_replies_decide_sent_deferred_failed(service, club_config, sink: Sink, clock: Clock):
     sink.rcpt_replies = {
         "bob@example.net": "451 4.2.0 mailbox busy",
         "carla@example.com": "550 5.1.1 no such user",
     }
-    await lmtpclient.send(lmtp_target(club), "anna@example.net", ["youth@myclub.org"], message())
+    await lmtpclient.send(lmtp_target(club_config), "anna@example.net", ["youth@myclub.org"], message())
     await sink.wait_for(1)
     for _ in range(100):
-        states = {r["recipient"]: r for r in rows(club, "SELECT * FROM deliveries")}
+        states = {r["recipient"]: r for r in rows(club_config, "SELECT * FROM deliveries")}
         if all(r["attempts"] for r in states.values()):
             break
         await asyncio.sleep(0.05)
@@ -71,38 +70,18 @@ async def test_replies_decide_sent_deferred_failed(service, club, sink: Sink, cl
     assert bob["lease_owner"] is None
 
 
-def test_backoff_follows_age_within_bounds():
-    cfg = QueueConfig(minimal_backoff=300, maximal_backoff=3600)
-    rng = random.Random(1)
-    assert 270 <= queue.backoff(10, cfg, rng) <= 330
-    assert 1800 <= queue.backoff(2000, cfg, rng) <= 2200
-    assert 3240 <= queue.backoff(86400, cfg, rng) <= 3960
-
-
-def test_expiry_turns_a_deferral_into_a_failure():
-    cfg = QueueConfig(max_queue_lifetime=7200)
-    copy = queue.Delivery(1, "Q", 1, "bob@example.net", "youth-bounces@myclub.org", 3, created_at=0)
-    temp = queue.Attempt(copy, sent=False, permanent=False, reply="451 4.2.0 busy")
-    state, _, status = queue.next_state(temp, now=1000, cfg=cfg)
-    assert state == queue.PENDING and status == ""
-    state, _, status = queue.next_state(temp, now=7000, cfg=cfg)
-    assert state == queue.FAILED and status == "4.4.7"
-    final = queue.Attempt(copy, sent=False, permanent=True, reply="550 5.1.1 no such user")
-    assert queue.next_state(final, now=10, cfg=cfg)[::2] == (queue.FAILED, "5.1.1")
-
-
-async def test_retries_with_injected_clock_until_delivered(club, sink: Sink, clock: Clock):
+async def test_retries_with_injected_clock_until_delivered(club_config, sink: Sink, clock: Clock):
     """A far end that is down, then up: the worker retries on schedule, no sleeping."""
     from lmtpd.ingest import IngestHandler
 
-    db = await open_database(club.database)
-    writer = Writer(club.database, work=FANOUT)
+    db = await open_database(club_config.database)
+    writer = Writer(club_config.database, work=FANOUT)
     await writer.start()
-    handler = IngestHandler(club, writer, connect_sync(club.database), clock)
+    handler = IngestHandler(club_config, writer, connect_sync(club_config.database), clock)
     replies = await handler.decide("anna@example.net", ["youth@myclub.org"], message())
     assert replies[0].startswith("250")
     sink.rcpt_replies = {a: "421 4.3.2 try later" for a in YOUTH}
-    worker = Worker(club, writer, None, clock, random.Random(7))
+    worker = Worker(club_config, writer, None, clock, random.Random(7))
     assert (await worker.deliver_due())["pending"] == 3
     assert await worker.deliver_due() == {}  # nothing due yet
     clock.advance(200)
@@ -116,13 +95,13 @@ async def test_retries_with_injected_clock_until_delivered(club, sink: Sink, clo
     await db.close()
 
 
-async def test_unreachable_relay_defers_everything(club, clock: Clock):
+async def test_unreachable_relay_defers_everything(club_config, clock: Clock):
     from dataclasses import replace
 
     from lmtpd.config import RelayConfig
     from lmtpd.ingest import IngestHandler
 
-    cfg = replace(club, relay=RelayConfig(host="127.0.0.1", port=1, connections=2, timeout=2))
+    cfg = replace(club_config, relay=RelayConfig(host="127.0.0.1", port=1, connections=2, timeout=2))
     db = await open_database(cfg.database)
     writer = Writer(cfg.database, work=FANOUT)
     await writer.start()

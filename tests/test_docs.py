@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .conftest import REPO
+from .helpers.club import REPO
 
 
 def test_ci_runs_the_readme_test_command():
@@ -13,6 +13,9 @@ def test_ci_runs_the_readme_test_command():
     test_command = next(cmd for cmd in blocks if "pytest" in cmd)
     ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci_lines
+    steps = [step.strip() for step in test_command.split("&&")]
+    assert steps.index("ruff check .") < steps.index("python -m pytest")  # style first, as CI does
+    assert steps.index("ruff format --check .") < steps.index("python -m pytest")
 
 
 def test_example_config_is_valid():

@@ -18,7 +18,7 @@ Asserted, for every session:
    stores nothing;
 4. the server is alive at the end: a clean post gets 250 and is stored.
 
-More sessions or other seeds locally (see tests/fuzzkit.py):
+More sessions or other seeds locally (see tests/helpers/fuzzkit.py):
     LMTPD_FUZZ_SEED=1,2,3,4 LMTPD_FUZZ_SESSIONS=1000 python -m pytest -q tests/test_fuzz_lmtp.py
 """
 
@@ -39,11 +39,12 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from lmtpd.config import Config, load
-from lmtpd.daemon import Service
+from lmtpd.config import Config
 
-from . import fuzzkit, lmtpclient
-from .conftest import Clock, Sink, populate, write_config
+from .helpers import fuzzkit, lmtpclient
+from .helpers.club import new_club, running
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 SEEDS = fuzzkit.seeds([1101, 2202, 3303])
 SESSIONS = fuzzkit.sessions(200)  # per seed
@@ -79,15 +80,12 @@ SYNC = b"RCPT TO:<sync@fuzz.invalid>\r\n"  # outside a transaction: always one 5
 @pytest.fixture
 async def fuzz_lmtp(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[Config]:
     """The club, with no daily limit in the way and no delivery running."""
-    path = write_config(
+    cfg = await new_club(
         short_dir,
-        f"unix:{short_dir}/lmtpd.sock",
-        sink.port,
+        relay_port=sink.port,
         posts_per_day=POSTS_PER_DAY,
         relay_extra="deliver = false\n",
     )
-    cfg = load(path)
-    await populate(cfg)
     db = sqlite3.connect(cfg.database)
     with db:  # a list whose posts and bounces cannot be stored: a real SQLite error, raised by a trigger
         db.execute("INSERT INTO lists (name, description, posters, created_at) VALUES ('broken', '', 'club', 0)")
@@ -97,10 +95,8 @@ async def fuzz_lmtp(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[
                 "BEGIN SELECT RAISE(ABORT, 'simulated disk trouble'); END"
             )
     db.close()
-    svc = Service(cfg, clock)
-    await svc.start()
-    yield cfg
-    await svc.stop()
+    async with running(cfg, clock):
+        yield cfg
 
 
 # ---------------------------------------------------------------- the oracle

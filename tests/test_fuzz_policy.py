@@ -17,7 +17,7 @@ Asserted:
    padded past 100 attributes must still be refused or deferred);
 4. the service is alive at the end.
 
-More sessions or other seeds locally (see tests/fuzzkit.py):
+More sessions or other seeds locally (see tests/helpers/fuzzkit.py):
     LMTPD_FUZZ_SEED=1,2,3 LMTPD_FUZZ_SESSIONS=3000 python -m pytest -q tests/test_fuzz_policy.py
 """
 
@@ -35,11 +35,12 @@ from pathlib import Path
 
 import pytest
 
-from lmtpd.config import Config, load
-from lmtpd.daemon import Service
+from lmtpd.config import Config
 
-from . import fuzzkit
-from .conftest import Clock, Sink, populate, write_config
+from .helpers import fuzzkit
+from .helpers.club import new_club, running
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 SEEDS = fuzzkit.seeds([4404, 5505])
 SESSIONS = fuzzkit.sessions(400)  # connections per seed
@@ -60,19 +61,15 @@ FIRST = (
 
 @pytest.fixture
 async def fuzz_policy(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[Config]:
-    path = write_config(
+    """The club, its service running with a policy socket and no delivery."""
+    cfg = await new_club(
         short_dir,
-        f"unix:{short_dir}/lmtpd.sock",
-        sink.port,
+        relay_port=sink.port,
         extra=f'[policy]\nlisten = "unix:{short_dir}/policy.sock"\n',
         relay_extra="deliver = false\n",
     )
-    cfg = load(path)
-    await populate(cfg)
-    svc = Service(cfg, clock)
-    await svc.start()
-    yield cfg
-    await svc.stop()
+    async with running(cfg, clock):
+        yield cfg
 
 
 # ------------------------------------------------------------ the generator

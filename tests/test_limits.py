@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from lmtpd.config import Config, LmtpConfig, PolicyConfig, load
+from lmtpd.config import Config, load
 from lmtpd.daemon import Service
 
-from . import lmtpclient
-from .conftest import Clock, Sink, eventually, lmtp_target, message, populate, spawn_lmtpd, start_serve, write_config
-from .test_policy import ask, request
-from .test_restart import children
+from .helpers import lmtpclient
+from .helpers.club import lmtp_target, message, populate, running, write_config
+from .helpers.policyclient import ask, request
+from .helpers.processes import children, spawn_lmtpd, start_serve, terminate
+from .helpers.sink import Sink
+from .helpers.timing import Clock, eventually
 
 POLICY = '[policy]\nlisten = "unix:{folder}/policy.sock"\nsocket_mode = "0666"\n{extra}'
 
@@ -58,18 +60,6 @@ def first_traceback(log: str) -> str:
     return "" if at < 0 else log[max(0, at - 1000) : at + 3000]
 
 
-async def stop(proc: asyncio.subprocess.Process) -> int:
-    """SIGTERM and its exit status; killed if it takes longer than 20 s."""
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return await asyncio.wait_for(proc.wait(), 20)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError("serve did not stop on SIGTERM") from None
-
-
 async def greeting(target: str) -> tuple[str, asyncio.StreamWriter]:
     """Connect and return the first reply line ("" if closed without one)."""
     reader, writer = await lmtpclient.connect(target)
@@ -79,16 +69,30 @@ async def greeting(target: str) -> tuple[str, asyncio.StreamWriter]:
         return "", writer
 
 
+async def served_again(cfg: Config, failure: str, seconds: float = 10) -> None:
+    """Post until a post gets its 250: the daemon serves again after its trouble."""
+    for _ in range(int(seconds * 10)):
+        try:
+            t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org"], message())
+            if t.data[0].startswith("250"):
+                return
+        except (ConnectionError, AssertionError, TimeoutError):
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(failure)
+
+
 @pytest.fixture
-async def club_config(short_dir: Path, sink: Sink) -> Path:
+async def capped_config(short_dir: Path, sink: Sink) -> Path:
+    """The config file of a populated club: at most 20 LMTP and 5 policy sessions, shutdown grace 1 s."""
     config = limited_config(short_dir, sink.port, lmtp="max_connections = 20\n", policy="max_connections = 5\n")
     await populate(load(config))
     return config
 
 
-async def test_a_flood_beyond_the_cap_is_refused_and_logged_briefly(short_dir: Path, club_config: Path):
-    cfg = load(club_config)
-    proc = await start_serve(club_config)
+async def test_a_flood_beyond_the_cap_is_refused_and_logged_briefly(short_dir: Path, capped_config: Path):
+    cfg = load(capped_config)
+    proc = await start_serve(capped_config)
     await asyncio.sleep(0.2)  # start_serve's probe is gone
     try:
         replies = await asyncio.gather(*(greeting(lmtp_target(cfg)) for _ in range(60)))
@@ -99,21 +103,9 @@ async def test_a_flood_beyond_the_cap_is_refused_and_logged_briefly(short_dir: P
             writer.close()
 
         # the cap frees up as sessions end: an ordinary delivery gets through
-        async def delivered() -> bool:
-            t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org"], message())
-            return t.data == ["250 2.0.0 Message accepted for youth@myclub.org"] or t.data[0].startswith("250")
-
-        for _ in range(50):
-            try:
-                if await delivered():
-                    break
-            except (ConnectionError, AssertionError):
-                pass
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("no session was served after the flood")
+        await served_again(cfg, "no session was served after the flood")
     finally:
-        assert await stop(proc) == 0
+        assert await terminate(proc) == 0
     log = log_of(short_dir)
     assert not first_traceback(log), first_traceback(log)
     refusals = [line for line in log.splitlines() if "max_connections reached" in line]
@@ -142,18 +134,9 @@ async def test_out_of_descriptors_is_one_line_not_a_traceback_per_accept(short_d
         await asyncio.sleep(2.5)  # asyncio retries every second
         for w in writers:
             w.close()
-        for _ in range(100):
-            try:
-                t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org"], message())
-                if t.data[0].startswith("250"):
-                    break
-            except (ConnectionError, AssertionError, TimeoutError):
-                pass
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("no session was served once descriptors were free")
+        await served_again(cfg, "no session was served once descriptors were free")
     finally:
-        assert await stop(proc) == 0
+        assert await terminate(proc) == 0
     log = log_of(short_dir)
     assert not first_traceback(log), first_traceback(log)
     assert "only 48 file descriptors" in log
@@ -163,9 +146,9 @@ async def test_out_of_descriptors_is_one_line_not_a_traceback_per_accept(short_d
     assert len(log.splitlines()) < 100, log[-3000:]
 
 
-async def test_sigterm_with_open_lmtp_and_policy_sessions_exits_cleanly(short_dir: Path, club_config: Path):
-    cfg = load(club_config)
-    proc = await start_serve(club_config)
+async def test_sigterm_with_open_lmtp_and_policy_sessions_exits_cleanly(short_dir: Path, capped_config: Path):
+    cfg = load(capped_config)
+    proc = await start_serve(capped_config)
     target = lmtp_target(cfg)
     idle_line, idle = await greeting(target)
     assert idle_line.startswith("220")
@@ -185,7 +168,7 @@ async def test_sigterm_with_open_lmtp_and_policy_sessions_exits_cleanly(short_di
     assert await ask(pr2, policy_half, request(sender="anna@example.net", recipient="youth@myclub.org")) == "DUNNO"
     policy_half.write(b"request=smtpd_access_policy\nsender=anna@example.net\n")  # and no end
     await asyncio.sleep(0.2)
-    assert await stop(proc) == 0
+    assert await terminate(proc) == 0
     log = log_of(short_dir)
     assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
     for w in (idle, greeted, in_data, policy_idle, policy_half):
@@ -211,16 +194,16 @@ async def test_sigterm_as_soon_as_the_socket_answers(short_dir: Path, sink: Sink
                 await asyncio.sleep(0.001)
         proc.send_signal(signal.SIGTERM)
         w.close()
-        assert await stop(proc) == 0, log_of(short_dir)[-2000:]
+        assert await terminate(proc) == 0, log_of(short_dir)[-2000:]
 
 
-async def test_sighup_reloads_and_never_kills(short_dir: Path, club_config: Path):
-    cfg = load(club_config)
-    proc = await start_serve(club_config)
+async def test_sighup_reloads_and_never_kills(short_dir: Path, capped_config: Path):
+    cfg = load(capped_config)
+    proc = await start_serve(capped_config)
     try:
         await eventually(lambda: len(children(proc.pid)) == 1, what="the delivery worker")
         (worker,) = children(proc.pid)
-        edit(club_config, {"max_connections = 20": "max_connections = 2"})
+        edit(capped_config, {"max_connections = 20": "max_connections = 2"})
         proc.send_signal(signal.SIGHUP)
         await eventually(lambda: "configuration reloaded" in log_of(short_dir), what="the reload")
         # the new cap applies to new sessions
@@ -233,13 +216,13 @@ async def test_sighup_reloads_and_never_kills(short_dir: Path, club_config: Path
         (worker,) = children(proc.pid)
 
         # what is bound at start stays, and so does the worker, which would read it
-        edit(club_config, {"lmtpd.sock": "other.sock"})
+        edit(capped_config, {"lmtpd.sock": "other.sock"})
         proc.send_signal(signal.SIGHUP)
         await eventually(lambda: log_of(short_dir).count("configuration reloaded") == 2, what="the second reload")
         assert "[lmtp] listen changed: takes effect after a restart" in log_of(short_dir)
         assert children(proc.pid) == [worker]
 
-        edit(club_config, {"": "this is [not toml"})  # a broken file changes nothing
+        edit(capped_config, {"": "this is [not toml"})  # a broken file changes nothing
         proc.send_signal(signal.SIGHUP)
         await eventually(lambda: "reload failed, configuration unchanged" in log_of(short_dir), what="the refusal")
         await asyncio.sleep(0.3)
@@ -248,7 +231,7 @@ async def test_sighup_reloads_and_never_kills(short_dir: Path, club_config: Path
         t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org"], message())
         assert t.data[0].startswith("250")
     finally:
-        assert await stop(proc) == 0
+        assert await terminate(proc) == 0
     assert not first_traceback(log_of(short_dir)), first_traceback(log_of(short_dir))
 
 
@@ -256,7 +239,7 @@ async def test_sighup_reloads_and_never_kills(short_dir: Path, club_config: Path
 
 
 @pytest.fixture
-async def quick(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[tuple[Config, Service]]:
+async def impatient_service(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[tuple[Config, Service]]:
     """A service whose LMTP and policy timeouts are half a second."""
     config = limited_config(short_dir, sink.port)
     cfg = load(config)
@@ -264,14 +247,12 @@ async def quick(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[tupl
     cfg = dataclasses.replace(
         cfg, lmtp=dataclasses.replace(cfg.lmtp, timeout=0.5), policy=dataclasses.replace(cfg.policy, timeout=0.5)
     )
-    svc = Service(cfg, clock)
-    await svc.start()
-    yield cfg, svc
-    await svc.stop()
+    async with running(cfg, clock) as svc:
+        yield cfg, svc
 
 
-async def test_a_silent_lmtp_client_is_cut_after_the_timeout(quick):
-    cfg, svc = quick
+async def test_a_silent_lmtp_client_is_cut_after_the_timeout(impatient_service):
+    cfg, svc = impatient_service
     reader, writer = await lmtpclient.connect(lmtp_target(cfg))
     await lmtpclient.read_reply(reader)
     writer.write(b"LHLO c.example.org\r\n")
@@ -283,9 +264,9 @@ async def test_a_silent_lmtp_client_is_cut_after_the_timeout(quick):
     await eventually(lambda: not svc.sessions, what="the session to be gone")
 
 
-async def test_a_slow_message_and_a_slow_commit_are_not_cut(quick, monkeypatch):
+async def test_a_slow_message_and_a_slow_commit_are_not_cut(impatient_service, monkeypatch):
     """The timeout counts silence: a transfer that keeps going and a long decision both finish."""
-    cfg, svc = quick
+    cfg, svc = impatient_service
     decide = svc.handler.decide
 
     async def slow_decide(*args, **kwargs):
@@ -310,8 +291,8 @@ async def test_a_slow_message_and_a_slow_commit_are_not_cut(quick, monkeypatch):
     db.close()
 
 
-async def test_policy_connections_have_a_cap_and_an_idle_timeout(quick):
-    cfg, svc = quick
+async def test_policy_connections_have_a_cap_and_an_idle_timeout(impatient_service):
+    cfg, svc = impatient_service
     path = str(cfg.policy.listen.path)
     svc.policy_gate.limit = 3
     conns = [await asyncio.open_unix_connection(path) for _ in range(5)]
@@ -336,9 +317,3 @@ async def test_policy_connections_have_a_cap_and_an_idle_timeout(quick):
             assert await asyncio.wait_for(r.read(), 5) == b""
         w.close()
     await eventually(lambda: len(svc.policy_gate) == 0, what="the connections to be released")
-
-
-def test_defaults_follow_postfix():
-    assert LmtpConfig.timeout == 300  # Postfix's smtpd_timeout
-    assert LmtpConfig.max_connections >= 20  # Postfix's lmtp_destination_concurrency_limit
-    assert PolicyConfig.timeout > 300  # Postfix closes idle policy connections itself after 300 s

@@ -12,7 +12,7 @@ from lmtpd.lists import (
     split_message,
 )
 
-from .conftest import DATA
+from .helpers.club import DATA
 
 ALL = sorted(p.name for p in DATA.glob("*.eml"))
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
-import sqlite3
 import ssl
-from collections.abc import AsyncIterator
 from email import message_from_bytes
 from pathlib import Path
 
@@ -15,118 +12,12 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP
 
-from lmtpd.config import Config, load
-from lmtpd.delivery import Worker
-from lmtpd.ingest import IngestHandler
-from lmtpd.queue import FANOUT
 from lmtpd.routes import order_mx
-from lmtpd.store import Writer, connect_sync
 
-from . import dnsserver
-from .conftest import Clock, Sink, message, populate, start_sink, write_config
-
-MEMBERS = {
-    "anna@example.net": ("Anna", ["youth"]),  # the poster; example.net is not in the test DNS
-    "ada@pref.example": ("Ada", ["youth"]),
-    "ben@amx.example": ("Ben", ["youth"]),
-    "cy@null.example": ("Cy", ["youth"]),
-    "di@nx.example": ("Di", ["youth"]),
-    "ed@fail.example": ("Ed", ["youth"]),
-    "flo@tls.example": ("Flo", ["youth"]),
-}
-
-
-def free_port_on(*hosts: str) -> int:
-    """A port that is free on every loopback address given."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            for host in hosts:
-                with socket.socket() as t:
-                    t.bind((host, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no common free port")
-
-
-class Net:
-    """DNS, MX hosts and a club configured for direct delivery through them."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.zone = dnsserver.Zone()
-        self.port = free_port_on("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
-        self.sinks: dict[str, Sink] = {}
-        self.cfg: Config | None = None
-
-    async def mx(self, address: str, **kwargs) -> Sink:
-        sink = await start_sink(self.port, address, **kwargs)
-        self.sinks[address] = sink
-        return sink
-
-    async def club(self, relay_extra: str = "", queue_extra: str = "", members: dict = MEMBERS) -> Config:
-        transport, dns_port = await dnsserver.start(self.zone)
-        self.dns = transport
-        config = write_config(
-            self.folder,
-            "127.0.0.1:8024",
-            relay_port=self.port,
-            relay_extra=f'mode = "mx"\n{relay_extra}',
-            extra=f'[dns]\nnameservers = ["127.0.0.1:{dns_port}"]\n',
-            queue_extra=queue_extra,
-        )
-        self.cfg = load(config)
-        await populate(self.cfg, members)
-        return self.cfg
-
-    async def post_and_deliver(self, clock: Clock, rng: random.Random | None = None) -> dict:
-        assert self.cfg is not None
-        return await post_and_deliver(self.cfg, clock, rng)
-
-    def close(self) -> None:
-        for sink in self.sinks.values():
-            assert sink.server is not None
-            sink.server.close()
-        if getattr(self, "dns", None):
-            self.dns.close()
-
-
-async def post_and_deliver(cfg: Config, clock: Clock, rng: random.Random | None = None) -> dict[str, sqlite3.Row]:
-    """Post once to youth and run one delivery pass; return the deliveries by recipient."""
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    try:
-        replies = await IngestHandler(cfg, writer, reader, clock).decide(
-            "anna@example.net", ["youth@myclub.org"], message()
-        )
-        assert replies[0].startswith("250")
-        worker = Worker(cfg, writer, reader, clock, rng or random.Random(3))
-        await worker.deliver_due()
-        await worker.close()
-    finally:
-        await writer.stop()
-        reader.close()
-    return deliveries(cfg)
-
-
-def deliveries(cfg: Config) -> dict[str, sqlite3.Row]:
-    db = sqlite3.connect(cfg.database)
-    db.row_factory = sqlite3.Row
-    try:
-        return {r["recipient"]: r for r in db.execute("SELECT * FROM deliveries")}
-    finally:
-        db.close()
-
-
-@pytest.fixture
-async def net(tmp_path: Path) -> AsyncIterator[Net]:
-    n = Net(tmp_path)
-    yield n
-    n.close()
+from .helpers.club import new_club
+from .helpers.mx import Net, post_and_deliver
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 
 def test_equal_preferences_are_shuffled_and_order_is_kept():
@@ -284,9 +175,7 @@ async def test_a_failed_handshake_falls_back_to_plain_text(net: Net, clock: Cloc
 
 
 async def test_smarthost_requiring_tls_refuses_plain_text(tmp_path: Path, clock: Clock, sink: Sink):
-    config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, relay_extra="starttls = true")
-    cfg = load(config)
-    await populate(cfg)
+    cfg = await new_club(tmp_path, "127.0.0.1:8024", relay_port=sink.port, relay_extra="starttls = true")
     rows = await post_and_deliver(cfg, clock)
     assert {r["state"] for r in rows.values()} == {"pending"}
     assert all(r["last_reply"].startswith("4.7.4") for r in rows.values())
@@ -313,12 +202,10 @@ async def test_smarthost_with_starttls_and_auth(tmp_path: Path, clock: Clock, ca
         "127.0.0.1", 0,
     )  # fmt: skip
     port = sink.server.sockets[0].getsockname()[1]
-    config = write_config(
+    cfg = await new_club(
         tmp_path, "127.0.0.1:8024", relay_port=port,
         relay_extra=f'starttls = true\nusername = "lists"\npassword = "s3cret"\ntls_ca_file = "{ca_file}"',
     )  # fmt: skip
-    cfg = load(config)
-    await populate(cfg)
     rows = await post_and_deliver(cfg, clock)
     sink.server.close()
     assert {r["state"] for r in rows.values()} == {"sent"}

@@ -10,63 +10,35 @@ from pathlib import Path
 
 import pytest
 
-from lmtpd.config import Config, load
 from lmtpd.daemon import Service
 
-from .conftest import Clock, Sink, populate, write_config
+from .helpers.club import new_club
+from .helpers.policyclient import ask, connect, request
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 
-def request(**attrs: str) -> bytes:
-    base = {
-        "request": "smtpd_access_policy",
-        "protocol_state": "RCPT",
-        "protocol_name": "ESMTP",
-        "client_address": "192.0.2.10",
-        "client_name": "mail.example.net",
-        "helo_name": "mail.example.net",
-        "queue_id": "",
-        "instance": "123.456.7",
-        "size": "1234",
-        "encryption_protocol": "",
-    }
-    base.update(attrs)
-    return "".join(f"{k}={v}\n" for k, v in base.items()).encode() + b"\n"
-
-
-async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> str:
-    writer.write(data)
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
-    assert answer.startswith(b"action=")
-    return answer[len(b"action=") : -2].decode()
-
-
-async def policy_service(folder: Path, sink: Sink, clock: Clock, policy: str = "") -> tuple[Config, Service]:
+async def start_policy_service(folder: Path, sink: Sink, clock: Clock, policy: str = "") -> Service:
     socket_path = folder / "policy.sock"
-    config = write_config(
+    cfg = await new_club(
         folder, f"unix:{folder}/lmtpd.sock", sink.port, extra=f'[policy]\nlisten = "unix:{socket_path}"\n{policy}'
     )
-    cfg = load(config)
-    await populate(cfg)
     svc = Service(cfg, clock)
     await svc.start()
-    return cfg, svc
+    return svc
 
 
 @pytest.fixture
-async def policy(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[tuple[Config, Service]]:
-    cfg, svc = await policy_service(short_dir, sink, clock)
-    yield cfg, svc
+async def policy_service(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[Service]:
+    """The club's service with its policy socket in ``short_dir``, no extra policy settings."""
+    svc = await start_policy_service(short_dir, sink, clock)
+    yield svc
     await svc.stop()
 
 
-async def connect(cfg: Config):
-    assert cfg.policy.listen is not None
-    return await asyncio.open_unix_connection(str(cfg.policy.listen.path))
-
-
-async def test_decisions_several_requests_on_one_connection(policy):
-    cfg, svc = policy
+async def test_decisions_several_requests_on_one_connection(policy_service: Service):
+    svc = policy_service
+    cfg = svc.cfg
     r, w = await connect(cfg)
     cases = [
         ("anna@example.net", "youth@myclub.org", "DUNNO"),
@@ -94,8 +66,9 @@ async def test_decisions_several_requests_on_one_connection(policy):
     w.close()
 
 
-async def test_member_at_the_daily_limit_is_refused_at_rcpt(policy, clock: Clock):
-    cfg, svc = policy
+async def test_member_at_the_daily_limit_is_refused_at_rcpt(policy_service: Service, clock: Clock):
+    svc = policy_service
+    cfg = svc.cfg
     db = sqlite3.connect(cfg.database)
     day = time.strftime("%Y-%m-%d", time.localtime(clock.now))
     db.execute(
@@ -114,9 +87,9 @@ async def test_member_at_the_daily_limit_is_refused_at_rcpt(policy, clock: Clock
     w.close()
 
 
-async def test_unreadable_requests_are_deferred_never_waved_through(policy):
+async def test_unreadable_requests_are_deferred_never_waved_through(policy_service: Service):
     """A request we cannot read gets DEFER_IF_PERMIT, not DUNNO; the connection goes on."""
-    cfg, _ = policy
+    cfg = policy_service.cfg
     r, w = await connect(cfg)
     assert (await ask(r, w, b"this is not a policy request\nnor=this\n\n")).startswith("DEFER_IF_PERMIT ")
     assert (await ask(r, w, b"=novalue\n\n")).startswith("DEFER_IF_PERMIT ")
@@ -130,8 +103,8 @@ async def test_unreadable_requests_are_deferred_never_waved_through(policy):
     w.close()
 
 
-async def test_attributes_that_are_not_utf8_get_a_clear_answer(policy):
-    cfg, _ = policy
+async def test_attributes_that_are_not_utf8_get_a_clear_answer(policy_service: Service):
+    cfg = policy_service.cfg
     r, w = await connect(cfg)
     stranger = request(sender="anna@example.net", recipient="youth@myclub.org").replace(b"anna@", b"an\xffna@")
     assert (await ask(r, w, stranger)).startswith("550 5.7.1 <an?na@example.net> is not a member")
@@ -141,8 +114,8 @@ async def test_attributes_that_are_not_utf8_get_a_clear_answer(policy):
     w.close()
 
 
-async def test_a_request_split_across_reads(policy):
-    cfg, _ = policy
+async def test_a_request_split_across_reads(policy_service: Service):
+    cfg = policy_service.cfg
     r, w = await connect(cfg)
     data = request(sender="stranger@example.org", recipient="youth@myclub.org") * 2
     for i in range(0, len(data), 7):
@@ -155,8 +128,8 @@ async def test_a_request_split_across_reads(policy):
     w.close()
 
 
-async def test_five_hundred_concurrent_connections(policy):
-    cfg, _ = policy
+async def test_five_hundred_concurrent_connections(policy_service: Service):
+    cfg = policy_service.cfg
 
     async def one(i: int) -> str:
         r, w = await connect(cfg)
@@ -170,8 +143,9 @@ async def test_five_hundred_concurrent_connections(policy):
     assert sum(a.startswith("550 5.7.1") for a in actions) == 250
 
 
-async def test_internal_error_answers_451(policy):
-    cfg, svc = policy
+async def test_internal_error_answers_451(policy_service: Service):
+    svc = policy_service
+    cfg = svc.cfg
     r, w = await connect(cfg)
     svc.policy.reader = sqlite3.connect(":memory:")  # no tables: every query fails
     assert await ask(r, w, request(sender="anna@example.net", recipient="youth@myclub.org")) == (
@@ -180,8 +154,8 @@ async def test_internal_error_answers_451(policy):
     w.close()
 
 
-async def test_an_overlong_line_closes_only_that_connection(policy):
-    cfg, _ = policy
+async def test_an_overlong_line_closes_only_that_connection(policy_service: Service):
+    cfg = policy_service.cfg
     r, w = await connect(cfg)
     w.write(b"recipient=" + b"x" * 100_000 + b"\n\n")
     await w.drain()
@@ -192,9 +166,10 @@ async def test_an_overlong_line_closes_only_that_connection(policy):
 
 
 async def test_tls_rules(short_dir: Path, sink: Sink, clock: Clock):
-    cfg, svc = await policy_service(
+    svc = await start_policy_service(
         short_dir, sink, clock, 'require_tls = true\ntrusted_clients = ["AB:CD:EF", "CN=gateway.myclub.org"]'
     )
+    cfg = svc.cfg
     try:
         r, w = await connect(cfg)
         plain = request(sender="anna@example.net", recipient="youth@myclub.org")

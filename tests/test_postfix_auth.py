@@ -1,7 +1,7 @@
 """End to end, the documented recipe for trusting a milter's Authentication-Results.
 
 A private Postfix with postfix-lmtp.cf's header_checks line and a milter standing
-in for OpenDKIM (tests/milter.py) hands posts to ``lmtpd serve``: a look-alike
+in for OpenDKIM (tests/helpers/milter.py) hands posts to ``lmtpd serve``: a look-alike
 header added by the sender is removed by Postfix before lmtpd sees it, the
 milter's own verdict is the one lmtpd believes, and no copy carries either.
 """
@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from lmtpd.config import load
-
-from . import dnsserver, postfix
-from .conftest import REPO, populate, start_serve, write_config
-from .milter import Milter
+from .helpers import dnsserver, postfix
+from .helpers.club import REPO, new_club
+from .helpers.milter import Milter
+from .helpers.processes import serving
 
 why_not = postfix.environment_check()
 pytestmark = [
@@ -50,7 +48,7 @@ def milter():
 
 
 @pytest.fixture(scope="module")
-def mta(milter):
+def milter_postfix(milter):
     if why_not:
         pytest.fail(f"CI must be able to run Postfix: {why_not}")
     settings = {
@@ -67,7 +65,7 @@ def mta(milter):
 
 
 @pytest.fixture
-async def lmtpd_serving(mta, short_dir: Path):
+async def verifying_served_club(milter_postfix, short_dir: Path):
     zone = dnsserver.Zone()
     zone.add("example.net", "TXT", '"v=spf1 -all"')  # no host may send for it: only DKIM can prove a post
     transport, port = await dnsserver.start(zone)
@@ -75,14 +73,15 @@ async def lmtpd_serving(mta, short_dir: Path):
         f'[dns]\nnameservers = ["127.0.0.1:{port}"]\ntimeout = 3\n'
         f'[auth]\nrequire = "dkim-or-spf"\nauthserv_id = "{AUTHSERV_ID}"\n'
     )
-    config = write_config(short_dir, f"unix:{mta.lmtp_socket}", mta.port, extra=extra, relay_extra="deliver = false")
-    cfg = load(config)
-    await populate(cfg)
-    proc = await start_serve(config)
-    yield cfg
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 30) == 0
-    transport.close()
+    cfg = await new_club(
+        short_dir, f"unix:{milter_postfix.lmtp_socket}", milter_postfix.port, extra=extra, relay_extra="deliver = false"
+    )
+    config = cfg.source
+    try:
+        async with serving(config):
+            yield cfg
+    finally:
+        transport.close()
 
 
 async def post(mta, marker: str, extra_headers: list[str]) -> str:
@@ -126,23 +125,25 @@ def stored(cfg, marker: str) -> list[sqlite3.Row]:
         db.close()
 
 
-async def test_the_milters_verdict_is_believed_and_not_copied(mta, milter, lmtpd_serving):
-    status, reply = await lmtp_outcome(mta, await post(mta, "milter-pass", ["X-Test-Verdict: pass"]))
+async def test_the_milters_verdict_is_believed_and_not_copied(milter_postfix, milter, verifying_served_club):
+    status, reply = await lmtp_outcome(
+        milter_postfix, await post(milter_postfix, "milter-pass", ["X-Test-Verdict: pass"])
+    )
     assert status == "sent" and "250 2.0.0" in reply, reply
-    (row,) = stored(lmtpd_serving, "milter-pass")
+    (row,) = stored(verifying_served_club, "milter-pass")
     assert row["auth"] == f"dkim=pass header.d=example.net; spf=none; by={AUTHSERV_ID}"
     assert b"Authentication-Results" not in bytes(row["raw"]) and b"Authentication-Results" not in row["headers"]
 
 
-async def test_a_forged_pass_cannot_outvote_the_milters_fail(mta, milter, lmtpd_serving):
-    queue_id = await post(mta, "forged-vs-fail", [FORGED, "X-Test-Verdict: fail"])
-    status, reply = await lmtp_outcome(mta, queue_id)
+async def test_a_forged_pass_cannot_outvote_the_milters_fail(milter_postfix, milter, verifying_served_club):
+    queue_id = await post(milter_postfix, "forged-vs-fail", [FORGED, "X-Test-Verdict: fail"])
+    status, reply = await lmtp_outcome(milter_postfix, queue_id)
     assert status == "bounced" and "550 5.7.1" in reply and f"by={AUTHSERV_ID}" in reply, reply
-    assert stored(lmtpd_serving, "forged-vs-fail") == []
+    assert stored(verifying_served_club, "forged-vs-fail") == []
 
 
-async def test_a_forged_pass_alone_is_removed_and_lmtpd_checks_itself(mta, milter, lmtpd_serving):
-    queue_id = await post(mta, "forged-alone", [FORGED, FORGED.replace("mx.myclub", "(look) MX.MyClub")])
-    status, reply = await lmtp_outcome(mta, queue_id)
+async def test_a_forged_pass_alone_is_removed_and_lmtpd_checks_itself(milter_postfix, milter, verifying_served_club):
+    queue_id = await post(milter_postfix, "forged-alone", [FORGED, FORGED.replace("mx.myclub", "(look) MX.MyClub")])
+    status, reply = await lmtp_outcome(milter_postfix, queue_id)
     assert status == "bounced" and "550 5.7.1" in reply and "by=verified" in reply, reply
-    assert stored(lmtpd_serving, "forged-alone") == []
+    assert stored(verifying_served_club, "forged-alone") == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import sqlite3
 import time
 from email import message_from_bytes
@@ -20,11 +19,13 @@ from email.utils import parseaddr
 import pytest
 
 from lmtpd import bounces
-from lmtpd.config import load
 from lmtpd.store import connect_sync
 
-from . import postfix
-from .conftest import Sink, eventually, populate, start_serve, start_sink, write_config
+from .helpers import postfix
+from .helpers.club import new_club
+from .helpers.processes import serving
+from .helpers.sink import Sink, start_sink
+from .helpers.timing import eventually
 
 why_not = postfix.environment_check()
 pytestmark = [
@@ -37,7 +38,7 @@ MEMBER_DOMAINS = ("example.net", "example.com", "example.org")
 
 
 @pytest.fixture(scope="module")
-def mta():
+def front_postfix():
     if why_not:
         pytest.fail(f"CI must be able to run Postfix: {why_not}")
     routes = {"myclub.org": "lmtp:unix:private/lmtpd"}
@@ -64,15 +65,14 @@ async def members_side() -> Sink:
 
 
 @pytest.fixture
-async def lmtpd_serving(mta, short_dir, members_side):
-    policy = f'[policy]\nlisten = "unix:{mta.queue}/private/lmtpd-policy"\nsocket_mode = "0666"\n'
-    config = write_config(short_dir, f"unix:{mta.lmtp_socket}", mta.port, extra=policy, posts_per_day=2)
-    cfg = load(config)
-    await populate(cfg)
-    proc = await start_serve(config)
-    yield cfg
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 30) == 0
+async def served_club(front_postfix, short_dir, members_side):
+    policy = f'[policy]\nlisten = "unix:{front_postfix.queue}/private/lmtpd-policy"\nsocket_mode = "0666"\n'
+    cfg = await new_club(
+        short_dir, f"unix:{front_postfix.lmtp_socket}", front_postfix.port, extra=policy, posts_per_day=2
+    )
+    config = cfg.source
+    async with serving(config):
+        yield cfg
 
 
 async def swaks(mta, sender: str, rcpts: list[str], author: str, subject: str, refused: str = "") -> str:
@@ -109,9 +109,9 @@ def lmtp_results(mta, subject_marker: str | None = None) -> list[tuple[str, str,
     return found
 
 
-async def test_a_members_post_reaches_every_member_of_both_lists(mta, lmtpd_serving, members_side: Sink):
+async def test_a_members_post_reaches_every_member_of_both_lists(front_postfix, served_club, members_side: Sink):
     await swaks(
-        mta,
+        front_postfix,
         "anna@example.net",
         ["youth@myclub.org", "trainers@myclub.org"],
         "Anna <anna@example.net>",
@@ -136,38 +136,40 @@ async def test_a_members_post_reaches_every_member_of_both_lists(mta, lmtpd_serv
         body = msg.get_payload().replace("\r\n", "\n").rstrip("\n")
         assert body == "Hello everyone,\n.a line with a leading dot\nsee you!"
     assert {k: sorted(v) for k, v in got.items()} == expected
-    statuses = {(rcpt, status) for rcpt, status, _ in lmtp_results(mta)}
+    statuses = {(rcpt, status) for rcpt, status, _ in lmtp_results(front_postfix)}
     assert ("youth@myclub.org", "sent") in statuses
     assert ("trainers@myclub.org", "sent") in statuses
 
 
-async def test_strangers_are_refused_during_the_session_without_backscatter(mta, lmtpd_serving, members_side: Sink):
-    await swaks(mta, "stranger@example.org", ["youth@myclub.org"], "stranger@example.org", "buy now",
+async def test_strangers_are_refused_during_the_session_without_backscatter(
+    front_postfix, served_club, members_side: Sink
+):
+    await swaks(front_postfix, "stranger@example.org", ["youth@myclub.org"], "stranger@example.org", "buy now",
                 refused="550 5.7.1 <stranger@example.org> is not a member")  # fmt: skip
-    await swaks(mta, "anna@example.net", ["chess@myclub.org"], "anna@example.net", "chess?",
+    await swaks(front_postfix, "anna@example.net", ["chess@myclub.org"], "anna@example.net", "chess?",
                 refused="550 5.1.1 <chess@myclub.org>: no such list")  # fmt: skip
-    await swaks(mta, "", ["youth@myclub.org"], "anna@example.net", "null sender",
+    await swaks(front_postfix, "", ["youth@myclub.org"], "anna@example.net", "null sender",
                 refused="550 5.7.1")  # fmt: skip
     # posts_per_day = 2: bob's third post of the day to youth is refused at RCPT
     for i in range(2):
-        await swaks(mta, "bob@example.net", ["youth@myclub.org"], "bob@example.net", f"note {i}")
+        await swaks(front_postfix, "bob@example.net", ["youth@myclub.org"], "bob@example.net", f"note {i}")
     await eventually(lambda: len(members_side.received) >= 6, 60, "bob's posts")
-    await swaks(mta, "bob@example.net", ["youth@myclub.org"], "bob@example.net", "note 2",
+    await swaks(front_postfix, "bob@example.net", ["youth@myclub.org"], "bob@example.net", "note 2",
                 refused="550 5.7.1 daily limit reached")  # fmt: skip
     await asyncio.sleep(1.5)
-    log = mta.log()
+    log = front_postfix.log()
     assert re.search(r"NOQUEUE: reject: RCPT from \S+: 550 5\.7\.1 <youth@myclub.org>: Recipient address rejected: "
                      r"<stranger@example\.org> is not a member", log), log[-3000:]  # fmt: skip
     assert "status=bounced" not in log  # Postfix never took a refused post, so it sends no bounce
-    assert mta.queue_ids() == []
+    assert front_postfix.queue_ids() == []
     assert len(members_side.received) == 6  # two accepted posts x three youth members
     assert all(r.mail_from.startswith("youth-bounces+") for r in members_side.received)
     assert all(b"buy now" not in r.data for r in members_side.received)
 
 
-async def test_a_bounce_to_the_verp_address_is_accepted_from_the_null_sender(mta, lmtpd_serving):
-    cfg = lmtpd_serving
-    await swaks(mta, "", ["youth-bounces+bob=example.net@myclub.org"], "MAILER-DAEMON@example.net", "bounce")
+async def test_a_bounce_to_the_verp_address_is_accepted_from_the_null_sender(front_postfix, served_club):
+    cfg = served_club
+    await swaks(front_postfix, "", ["youth-bounces+bob=example.net@myclub.org"], "MAILER-DAEMON@example.net", "bounce")
 
     def stored():
         db = sqlite3.connect(cfg.database)
@@ -180,48 +182,45 @@ async def test_a_bounce_to_the_verp_address_is_accepted_from_the_null_sender(mta
     assert stored() == [("youth", "bob=example.net", "")]
 
 
-async def test_bounces_through_postfix_disable_a_dead_address(mta, short_dir, members_side: Sink):
+async def test_bounces_through_postfix_disable_a_dead_address(front_postfix, short_dir, members_side: Sink):
     """The far end refuses bob after Postfix took the copy: Postfix bounces to the VERP
     address, the bounce comes back over LMTP, and after threshold-many days bob is off."""
-    policy = f'[policy]\nlisten = "unix:{mta.queue}/private/lmtpd-policy"\nsocket_mode = "0666"\n'
-    config = write_config(
-        short_dir, f"unix:{mta.lmtp_socket}", mta.port, posts_per_day=20, admin="admin@example.com",
+    policy = f'[policy]\nlisten = "unix:{front_postfix.queue}/private/lmtpd-policy"\nsocket_mode = "0666"\n'
+    cfg = await new_club(
+        short_dir, f"unix:{front_postfix.lmtp_socket}", front_postfix.port, posts_per_day=20, admin="admin@example.com",
         extra=policy + "[bounces]\nthreshold = 3\n",
     )  # fmt: skip
-    cfg = load(config)
-    await populate(cfg)
+    config = cfg.source
     members_side.rcpt_replies = {
         "bob@example.net": "550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown"
     }
-    proc = await start_serve(config)
     db = sqlite3.connect(cfg.database)
     db.row_factory = sqlite3.Row
     try:
-        start = time.time() - 3 * 86400  # three past days, so what gets queued is due now
-        for day in range(3):
-            await swaks(mta, "anna@example.net", ["youth@myclub.org"], "anna@example.net", f"day {day}")
-            await eventually(
-                lambda n=day + 1: db.execute("SELECT count(*) FROM bounces").fetchone()[0] >= n, 60, "the bounce"
-            )
-            conn = connect_sync(cfg.database)
-            report = bounces.process(conn, cfg, start + day * 86400)  # one bounce a day, on the injected clock
-            conn.close()
-            assert report.counts == {"permanent": 1}
-        bob = db.execute("SELECT * FROM members WHERE address = 'bob@example.net'").fetchone()
-        assert bob["bounce_score"] == 3 and bob["delivery_disabled_at"] is not None
-        row = db.execute("SELECT * FROM bounces ORDER BY id LIMIT 1").fetchone()
-        assert row["extension"] == "bob=example.net" and row["status"] == "5.1.1" and row["mail_from"] == ""
-        # the administrator's summary goes out through Postfix
-        await eventually(lambda: members_side.to("admin@example.com") != [], 60, "the admin summary")
-        summary = members_side.to("admin@example.com")[0].data.decode()
-        assert "<bob@example.net> (Bob)" in summary and "User unknown" in summary
-        # bob gets no further copies; the others do
-        members_side.received.clear()
-        await swaks(mta, "anna@example.net", ["youth@myclub.org"], "anna@example.net", "after")
-        await eventually(lambda: len(members_side.received) >= 2, 60, "the next post")
-        await asyncio.sleep(1.5)
-        assert sorted(r.rcpt for r in members_side.received) == ["anna@example.net", "carla@example.com"]
+        async with serving(config):
+            start = time.time() - 3 * 86400  # three past days, so what gets queued is due now
+            for day in range(3):
+                await swaks(front_postfix, "anna@example.net", ["youth@myclub.org"], "anna@example.net", f"day {day}")
+                await eventually(
+                    lambda n=day + 1: db.execute("SELECT count(*) FROM bounces").fetchone()[0] >= n, 60, "the bounce"
+                )
+                conn = connect_sync(cfg.database)
+                report = bounces.process(conn, cfg, start + day * 86400)  # one bounce a day, on the injected clock
+                conn.close()
+                assert report.counts == {"permanent": 1}
+            bob = db.execute("SELECT * FROM members WHERE address = 'bob@example.net'").fetchone()
+            assert bob["bounce_score"] == 3 and bob["delivery_disabled_at"] is not None
+            row = db.execute("SELECT * FROM bounces ORDER BY id LIMIT 1").fetchone()
+            assert row["extension"] == "bob=example.net" and row["status"] == "5.1.1" and row["mail_from"] == ""
+            # the administrator's summary goes out through Postfix
+            await eventually(lambda: members_side.to("admin@example.com") != [], 60, "the admin summary")
+            summary = members_side.to("admin@example.com")[0].data.decode()
+            assert "<bob@example.net> (Bob)" in summary and "User unknown" in summary
+            # bob gets no further copies; the others do
+            members_side.received.clear()
+            await swaks(front_postfix, "anna@example.net", ["youth@myclub.org"], "anna@example.net", "after")
+            await eventually(lambda: len(members_side.received) >= 2, 60, "the next post")
+            await asyncio.sleep(1.5)
+            assert sorted(r.rcpt for r in members_side.received) == ["anna@example.net", "carla@example.com"]
     finally:
         db.close()
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -11,7 +11,10 @@ from lmtpd.ingest import IngestHandler
 from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync
 
-from .conftest import Clock, Sink, message, populate, spawn_lmtpd, write_config
+from .helpers.club import message, populate, write_config
+from .helpers.processes import spawn_lmtpd
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 
 async def lmtpd(config, *args: str) -> tuple[int, str, str]:

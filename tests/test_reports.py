@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from email import message_from_bytes
-from email.message import Message
+from collections.abc import AsyncIterator
 
 import pytest
 from flufl.bounce import all_failures
 
-from lmtpd import dsn
-from lmtpd.config import Config, load
+from lmtpd.config import Config
 from lmtpd.delivery import Worker
 from lmtpd.ingest import IngestHandler
 from lmtpd.queue import FANOUT
 from lmtpd.store import Writer, connect_sync
 
-from .conftest import Clock, Sink, message, populate, write_config
+from .helpers.club import message, new_club
+from .helpers.reports import parse_report
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 ADMIN = "admin@myclub.org"
 
 
-class Club:
+class DeliveringClub:
+    """A club with a writer and a delivery worker on this loop (no server); posts go in through ingest."""
+
     def __init__(self, cfg: Config, writer: Writer, clock: Clock):
         self.cfg, self.writer, self.clock = cfg, writer, clock
         self.reader = connect_sync(cfg.database)
@@ -43,42 +46,29 @@ class Club:
         self.reader.close()
 
 
-async def make_club(tmp_path, sink: Sink, clock: Clock, queue_extra: str) -> Club:
-    config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra=queue_extra)
-    cfg = load(config)
-    await populate(cfg)
+async def make_club(tmp_path, sink: Sink, clock: Clock, queue_extra: str) -> DeliveringClub:
+    cfg = await new_club(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra=queue_extra)
     writer = Writer(cfg.database, work=FANOUT)
     await writer.start()
-    return Club(cfg, writer, clock)
+    return DeliveringClub(cfg, writer, clock)
 
 
 @pytest.fixture
-async def club(tmp_path, sink: Sink, clock: Clock):
+async def delivering_club(tmp_path, sink: Sink, clock: Clock) -> AsyncIterator[DeliveringClub]:
+    """A club relaying to ``sink`` whose copies expire after two hours in the queue."""
     c = await make_club(tmp_path, sink, clock, "max_queue_lifetime = 7200")
     yield c
     await c.close()
 
 
-def parse_report(data: bytes) -> tuple[Message, list[Message]]:
-    report = message_from_bytes(data)
-    assert report.get_content_type() == "multipart/report"
-    assert report.get_param("report-type") == "delivery-status"
-    parts = report.get_payload()
-    status = next(
-        p for p in parts if p.get_content_type() in ("message/delivery-status", "message/global-delivery-status")
-    )
-    blocks = status.get_payload()  # per-message block, then one per recipient
-    return report, blocks
-
-
-async def test_failed_copies_make_one_report_naming_exactly_them(club: Club, sink: Sink):
+async def test_failed_copies_make_one_report_naming_exactly_them(delivering_club: DeliveringClub, sink: Sink):
     sink.rcpt_replies = {
         "bob@example.net": "550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown",
         "carla@example.com": "554 5.7.1 Service unavailable; client blocked",
     }
-    await club.post()
-    await club.worker.deliver_due()  # anna sent, bob and carla failed: the post is complete
-    assert await club.worker.deliver_due() == {"sent": 1}  # the report itself goes out
+    await delivering_club.post()
+    await delivering_club.worker.deliver_due()  # anna sent, bob and carla failed: the post is complete
+    assert await delivering_club.worker.deliver_due() == {"sent": 1}  # the report itself goes out
     reports = sink.to(ADMIN)
     assert len(reports) == 1
     assert reports[0].mail_from == "<>"  # null envelope sender
@@ -102,32 +92,36 @@ async def test_failed_copies_make_one_report_naming_exactly_them(club: Club, sin
     assert {r.rcpt for r in sink.received if r.mail_from == "<>"} == {ADMIN}
 
 
-async def test_no_report_when_everything_is_delivered(club: Club, sink: Sink):
-    await club.post()
-    await club.worker.deliver_due()
-    assert await club.worker.deliver_due() == {}
+async def test_no_report_when_everything_is_delivered(delivering_club: DeliveringClub, sink: Sink):
+    await delivering_club.post()
+    await delivering_club.worker.deliver_due()
+    assert await delivering_club.worker.deliver_due() == {}
     assert sink.to(ADMIN) == []
 
 
-async def test_retry_schedule_and_expiry_with_an_injected_clock(club: Club, sink: Sink, clock: Clock):
+async def test_retry_schedule_and_expiry_with_an_injected_clock(
+    delivering_club: DeliveringClub, sink: Sink, clock: Clock
+):
     sink.rcpt_replies = {"bob@example.net": "451 4.2.0 try again later"}
-    await club.post()
-    await club.worker.deliver_due()
+    await delivering_club.post()
+    await delivering_club.worker.deliver_due()
     schedule = []
     for _ in range(40):
-        due = club.rows("SELECT next_attempt_at, state FROM deliveries WHERE recipient = 'bob@example.net'")[0]
+        due = delivering_club.rows("SELECT next_attempt_at, state FROM deliveries WHERE recipient = 'bob@example.net'")[
+            0
+        ]
         if due["state"] != "pending":
             break
         schedule.append(round(due["next_attempt_at"] - clock.now))
         clock.now = due["next_attempt_at"]
-        await club.worker.deliver_due()
+        await delivering_club.worker.deliver_due()
     # about the copy's age, clamped to [300 s, 3600 s], with +-10% jitter
     assert 270 <= schedule[0] <= 330
     assert all(b >= a * 0.8 for a, b in zip(schedule, schedule[1:], strict=False))
     assert all(d <= 3960 for d in schedule)
-    bob = club.rows("SELECT * FROM deliveries WHERE recipient = 'bob@example.net'")[0]
+    bob = delivering_club.rows("SELECT * FROM deliveries WHERE recipient = 'bob@example.net'")[0]
     assert bob["state"] == "failed" and bob["status"] == "4.4.7"
-    await club.worker.deliver_due()
+    await delivering_club.worker.deliver_due()
     report, blocks = parse_report(sink.to(ADMIN)[0].data)
     assert [(b["Final-Recipient"], b["Status"], b["Action"]) for b in blocks[1:]] == [
         ("rfc822; bob@example.net", "4.4.7", "failed")
@@ -137,14 +131,14 @@ async def test_retry_schedule_and_expiry_with_an_injected_clock(club: Club, sink
     assert b"bob@example.net" in permanent | temporary
 
 
-async def test_never_a_report_about_a_report(club: Club, sink: Sink):
+async def test_never_a_report_about_a_report(delivering_club: DeliveringClub, sink: Sink):
     sink.rcpt_replies = {"bob@example.net": "550 5.1.1 unknown", ADMIN: "550 5.1.1 admin mailbox gone"}
-    await club.post()
-    await club.worker.deliver_due()
-    await club.worker.deliver_due()  # the report fails too
-    assert club.rows("SELECT state FROM deliveries WHERE recipient = ?", (ADMIN,))[0][0] == "failed"
-    assert await club.worker.deliver_due() == {}
-    assert len(club.rows("SELECT * FROM posts WHERE kind = 'report'")) == 1
+    await delivering_club.post()
+    await delivering_club.worker.deliver_due()
+    await delivering_club.worker.deliver_due()  # the report fails too
+    assert delivering_club.rows("SELECT state FROM deliveries WHERE recipient = ?", (ADMIN,))[0][0] == "failed"
+    assert await delivering_club.worker.deliver_due() == {}
+    assert len(delivering_club.rows("SELECT * FROM posts WHERE kind = 'report'")) == 1
 
 
 async def test_delay_warning(tmp_path, sink: Sink, clock: Clock):
@@ -161,30 +155,3 @@ async def test_delay_warning(tmp_path, sink: Sink, clock: Clock):
     _, blocks = parse_report(warnings[0].data)
     assert [(b["Final-Recipient"], b["Action"]) for b in blocks[1:]] == [("rfc822; bob@example.net", "delayed")]
     await club.close()
-
-
-def test_utf8_recipients_use_the_global_types():
-    data = dsn.build_report(
-        domain="myclub.org", reporting_mta="lists.myclub.org", admin=ADMIN, list_name="youth",
-        queue_id="ABC", arrival=0, original_headers=b"Subject: x\r\n",
-        failures=[dsn.Failure("zoë@exämple.org", "550 5.1.1 unknown", "5.1.1", "mx.example.org", 0)],
-        now=0,
-    )  # fmt: skip
-    report = message_from_bytes(data)
-    types = [p.get_content_type() for p in report.get_payload()]
-    assert "message/global-delivery-status" in types
-    assert "Final-Recipient: utf-8; zoë@exämple.org" in data.decode()
-
-
-@pytest.mark.parametrize(
-    "reply, permanent, status",
-    [
-        ("550 5.1.1 unknown", True, "5.1.1"),
-        ("550 unknown", True, "5.0.0"),
-        ("451 later", False, "4.0.0"),
-        ("5.1.10 null MX", True, "5.1.10"),
-        ("connection refused", True, "5.0.0"),
-    ],
-)
-def test_status_codes(reply, permanent, status):
-    assert dsn.status_of(reply, permanent) == status

@@ -10,10 +10,12 @@ import sqlite3
 import sys
 
 from lmtpd import supervise
-from lmtpd.config import load
 
-from . import lmtpclient
-from .conftest import Sink, eventually, lmtp_target, message, populate, start_serve, write_config
+from .helpers import lmtpclient
+from .helpers.club import lmtp_target, message, new_club
+from .helpers.processes import alive, children, start_serve
+from .helpers.sink import Sink
+from .helpers.timing import eventually
 
 YOUTH = {"anna@example.net", "bob@example.net", "carla@example.com"}
 
@@ -27,9 +29,8 @@ def states(cfg) -> list[str]:
 
 
 async def test_kill_9_after_250_loses_nothing(short_dir, sink: Sink):
-    config = write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port)
-    cfg = load(config)
-    await populate(cfg)
+    cfg = await new_club(short_dir, relay_port=sink.port)
+    config = cfg.source
     sink.hold = asyncio.Event()  # the far end takes the copies but never answers
 
     proc = await start_serve(config)
@@ -60,9 +61,8 @@ async def test_kill_9_after_250_loses_nothing(short_dir, sink: Sink):
 
 
 async def test_sigterm_finishes_a_session_inside_a_transaction(short_dir, sink: Sink):
-    config = write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port)
-    cfg = load(config)
-    await populate(cfg)
+    cfg = await new_club(short_dir, relay_port=sink.port)
+    config = cfg.source
     proc = await start_serve(config)
     reader, writer = await lmtpclient.connect(lmtp_target(cfg))
     await lmtpclient.read_reply(reader)
@@ -86,23 +86,9 @@ async def test_sigterm_finishes_a_session_inside_a_transaction(short_dir, sink: 
     db.close()
 
 
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 async def test_delivery_runs_in_its_own_process_and_is_restarted(short_dir, sink: Sink):
-    config = write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port)
-    cfg = load(config)
-    await populate(cfg)
+    cfg = await new_club(short_dir, relay_port=sink.port)
+    config = cfg.source
     proc = await start_serve(config)
     try:
         await eventually(lambda: len(children(proc.pid)) == 1, what="the delivery worker to start")
@@ -141,9 +127,8 @@ async def test_delivery_runs_in_its_own_process_and_is_restarted(short_dir, sink
 
 
 async def test_the_delivery_worker_ends_with_a_killed_serve(short_dir, sink: Sink):
-    config = write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port)
-    cfg = load(config)
-    await populate(cfg)
+    cfg = await new_club(short_dir, relay_port=sink.port)
+    config = cfg.source
     proc = await start_serve(config)
     await eventually(lambda: len(children(proc.pid)) == 1, what="the delivery worker to start")
     (worker,) = children(proc.pid)

@@ -12,11 +12,8 @@ import asyncio
 import random
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
-import pytest
 from aiosmtpd.smtp import SMTP
 
 from lmtpd import queue
@@ -24,21 +21,15 @@ from lmtpd.config import Config
 from lmtpd.delivery import Worker
 from lmtpd.ingest import IngestHandler
 from lmtpd.queue import FANOUT
-from lmtpd.relay import Timeouts
 from lmtpd.store import Writer, connect_sync
 
-from .conftest import Clock, Sink, eventually, message
-from .test_mx import Net, deliveries, post_and_deliver
+from .helpers.club import message
+from .helpers.mx import Net, deliveries, post_and_deliver
+from .helpers.sink import Sink
+from .helpers.timing import Clock, eventually
 
 SLOW = [f"a{i}@slow.example" for i in range(4)]  # sort first: their copies are claimed first
 HEALTHY = ["hal@ok-a.example", "hugo@ok-a.example", "ines@ok-b.example", "ivo@ok-b.example"]
-
-
-@pytest.fixture
-async def net(tmp_path: Path) -> AsyncIterator[Net]:
-    n = Net(tmp_path)
-    yield n
-    n.close()
 
 
 def tarpit(release: asyncio.Event) -> type[SMTP]:
@@ -175,15 +166,6 @@ async def test_stage_timeouts_defer_a_tarpit_quickly(net: Net, clock: Clock):
     assert rcpt["last_reply"].startswith("4.4.2 mx.rcpt.example") and "timed out at RCPT" in rcpt["last_reply"]
 
 
-def test_the_old_single_timeout_caps_every_stage():
-    from lmtpd.config import RelayConfig
-
-    default = Timeouts.of(RelayConfig())
-    assert (default.connect, default.helo, default.mail, default.data, default.data_done) == (30, 300, 300, 120, 600)
-    capped = Timeouts.of(RelayConfig(timeout=10, connect_timeout=5))
-    assert (capped.connect, capped.helo, capped.mail, capped.data, capped.data_done) == (5, 10, 10, 10, 10)
-
-
 async def test_a_claim_skips_full_destinations_and_only_our_leases_are_renewed(net: Net, clock: Clock):
     zone(net)
     cfg = await net.club(members=members(SLOW + HEALTHY))
@@ -207,31 +189,3 @@ async def test_a_claim_skips_full_destinations_and_only_our_leases_are_renewed(n
     finally:
         await writer.stop()
         reader.close()
-
-
-def test_stage_timeouts_are_relay_keys(tmp_path: Path):
-    from lmtpd.config import ConfigError, parse
-
-    club = {"domain": "myclub.org", "database": "club.sqlite3", "admin": "admin@myclub.org"}
-    club["lmtp"] = {"listen": "127.0.0.1:8024"}
-    relay = parse({**club, "relay": {"helo_timeout": 60, "data_done_timeout": 900}}, base=tmp_path).relay
-    assert (relay.helo_timeout, relay.data_done_timeout, relay.timeout) == (60, 900, None)
-    assert Timeouts.of(relay).connect == 30
-    with pytest.raises(ConfigError, match=r"\[relay\] mail_timeout: must be at least 1"):
-        parse({**club, "relay": {"mail_timeout": 0}}, base=tmp_path)
-
-
-async def test_the_message_goes_out_dot_stuffed_with_crlf(sink: Sink):
-    """DATA and its final reply have limits of their own, so lmtpd writes the message
-    itself: leading dots doubled, every line ending in CRLF, as aiosmtplib did."""
-    from lmtpd.config import RelayConfig
-    from lmtpd.relay import Session, tls_contexts
-    from lmtpd.routes import Host
-
-    cfg = RelayConfig(port=sink.port)
-    session = await Session.open(Host("127.0.0.1", "127.0.0.1"), cfg, "lists.myclub.org", tls_contexts(None))
-    raw = b"Subject: dots\r\n\r\n.one leading dot\n..two\rlast line without an end"
-    outcome = await session.send("list-bounces@myclub.org", "bob@example.net", raw)
-    await session.close()
-    assert outcome.sent and outcome.reply.startswith("250")
-    assert sink.received[0].data == b"Subject: dots\r\n\r\n.one leading dot\r\n..two\r\nlast line without an end\r\n"

@@ -14,8 +14,8 @@ from lmtpd.lmtp import TEMPFAIL
 from lmtpd.queue import FANOUT, enqueue_post
 from lmtpd.store import Writer, connect_sync
 
-from .conftest import Clock, message
-from .test_ingest import rows
+from .helpers.club import message, rows
+from .helpers.timing import Clock
 
 
 def new_post(db: sqlite3.Connection, list_name: str) -> tuple[int, int]:
@@ -34,8 +34,8 @@ def new_post(db: sqlite3.Connection, list_name: str) -> tuple[int, int]:
     return post_id, list_id
 
 
-async def test_batch_work_queues_copies_of_committed_jobs_only(club: Config):
-    writer = Writer(club.database, work=FANOUT)
+async def test_batch_work_queues_copies_of_committed_jobs_only(club_config: Config):
+    writer = Writer(club_config.database, work=FANOUT)
     await writer.start()
 
     def good(db):
@@ -54,37 +54,37 @@ async def test_batch_work_queues_copies_of_committed_jobs_only(club: Config):
         await writer.stop()
     assert writer.batches == 1  # both jobs shared one transaction
     assert isinstance(results[1], RuntimeError)
-    copies = rows(club, "SELECT post_id, recipient, state, next_attempt_at FROM deliveries ORDER BY id")
+    copies = rows(club_config, "SELECT post_id, recipient, state, next_attempt_at FROM deliveries ORDER BY id")
     assert [tuple(r) for r in copies] == [
         (results[0], "anna@example.net", "pending", 100.0),
         (results[0], "bob@example.net", "pending", 100.0),
         (results[0], "carla@example.com", "pending", 100.0),
     ]
-    assert len(rows(club, "SELECT * FROM posts")) == 1
+    assert len(rows(club_config, "SELECT * FROM posts")) == 1
 
 
-async def test_a_writer_without_the_fanout_refuses_rather_than_loses(club: Config):
+async def test_a_writer_without_the_fanout_refuses_rather_than_loses(club_config: Config):
     """Ingest on a writer that would never write the copies: 451, nothing stored."""
-    writer = Writer(club.database)
+    writer = Writer(club_config.database)
     await writer.start()
     try:
-        handler = IngestHandler(club, writer, connect_sync(club.database), Clock())
+        handler = IngestHandler(club_config, writer, connect_sync(club_config.database), Clock())
         replies = await handler.decide("anna@example.net", ["youth@myclub.org"], message())
     finally:
         await writer.stop()
     assert replies == [TEMPFAIL]
-    assert rows(club, "SELECT * FROM posts") == []
+    assert rows(club_config, "SELECT * FROM posts") == []
 
 
 @pytest.mark.parametrize("retry_for", [store.LOCK_RETRY_FOR, 0.0])
-async def test_a_lock_held_by_another_process_is_waited_for(club: Config, monkeypatch, retry_for):
+async def test_a_lock_held_by_another_process_is_waited_for(club_config: Config, monkeypatch, retry_for):
     """Held by another connection (say ``lmtpd queue hold``): the batch commits after it.
 
     With ``retry_for`` 0 the wait goes at once to the writer's thread.
     """
     monkeypatch.setattr(store, "LOCK_RETRY_FOR", retry_for)
-    other = sqlite3.connect(club.database, isolation_level=None)
-    writer = Writer(club.database, work=FANOUT)
+    other = sqlite3.connect(club_config.database, isolation_level=None)
+    writer = Writer(club_config.database, work=FANOUT)
     await writer.start()
     try:
         other.execute("BEGIN IMMEDIATE")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import AsyncIterator
 from email import message_from_bytes
 from pathlib import Path
 
@@ -13,14 +14,14 @@ from click.testing import CliRunner
 
 from lmtpd import roster
 from lmtpd.cli import main
-from lmtpd.config import Config, load
+from lmtpd.config import Config
 from lmtpd.copies import ListStyle, copy_headers
-from lmtpd.daemon import Service
 from lmtpd.headers import HeaderValueError, address_field, field, text
-from lmtpd.store import open_database, transaction
 
-from . import lmtpclient
-from .conftest import Clock, Sink, message, populate, write_config
+from .helpers import lmtpclient
+from .helpers.club import add_list, message, new_club, rows, running, write_config
+from .helpers.sink import Sink
+from .helpers.timing import Clock
 
 # RFC 2047 words whose text holds CR LF and a header line of the attacker's choice
 INJECTED = "=?utf-8?q?Eve=0D=0AList-Unsubscribe=3A_=3Cmailto=3Aevil=40example=2Eorg=3E?="
@@ -28,33 +29,20 @@ SLOPPY = "=?utf-8?q?Eve=0D=0AList-Unsubscribe:_<mailto:evil@example.org>?="  # n
 ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 
 
-def rows(cfg: Config, sql: str) -> list[sqlite3.Row]:
-    db = sqlite3.connect(cfg.database)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
 @pytest.fixture
-async def club(short_dir: Path, sink: Sink, clock: Clock):
-    """A club whose lists need proof of the sender, trusting Authentication-Results of mx.myclub.org."""
-    config = write_config(
+async def trusting_club(short_dir: Path, sink: Sink, clock: Clock) -> AsyncIterator[Config]:
+    """A running club whose lists need proof of the sender, trusting Authentication-Results of mx.myclub.org.
+
+    The list open needs no proof and always rewrites From (DMARC mitigation).
+    """
+    cfg = await new_club(
         short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port,
         extra='[auth]\nrequire = "dkim-or-spf"\nauthserv_id = "mx.myclub.org"\n',
         relay_extra="deliver = false",
     )  # fmt: skip
-    cfg = load(config)
-    await populate(cfg)
-    db = await open_database(cfg.database)
-    always = roster.ListSettings(auth_require="none", dmarc_mitigation="always")
-    await transaction(db, lambda db: roster.add_list(db, "open", 0, always))
-    await db.close()
-    svc = Service(cfg, clock)
-    await svc.start()
-    yield cfg
-    await svc.stop()
+    await add_list(cfg, "open", roster.ListSettings(auth_require="none", dmarc_mitigation="always"))
+    async with running(cfg, clock):
+        yield cfg
 
 
 async def session(cfg: Config, lines: list[bytes], data: bytes | None = None) -> list[str]:
@@ -99,9 +87,9 @@ async def post(cfg: Config, data: bytes, rcpts=("youth@myclub.org",), sender="an
     return (await lmtpclient.send(str(cfg.lmtp.listen), sender, list(rcpts), data)).data
 
 
-async def test_an_added_pass_does_not_outvote_our_mtas_fail(club):
+async def test_an_added_pass_does_not_outvote_our_mtas_fail(trusting_club):
     """Our milter says fail; the stranger's look-alike below it says pass: two claims, none trusted."""
-    cfg = club
+    cfg = trusting_club
     data = (AR_FAIL + RECEIVED + AR_PASS).encode() + message()
     replies = await post(cfg, data)
     assert replies[0].startswith("550 5.7.1 <anna@example.net> is not proven"), replies
@@ -109,14 +97,14 @@ async def test_an_added_pass_does_not_outvote_our_mtas_fail(club):
     assert rows(cfg, "SELECT * FROM posts") == []
 
 
-async def test_two_passes_are_not_believed_either(club):
-    cfg = club
+async def test_two_passes_are_not_believed_either(trusting_club):
+    cfg = trusting_club
     replies = await post(cfg, (AR_PASS + RECEIVED + AR_PASS).encode() + message())
     assert replies[0].startswith("550 5.7.1"), replies
 
 
-async def test_copies_carry_no_verdict_in_our_name(club):
-    cfg = club
+async def test_copies_carry_no_verdict_in_our_name(trusting_club):
+    cfg = trusting_club
     other = "Authentication-Results: mx.example.net; dkim=pass header.d=example.net\r\n"
     replies = await post(cfg, (AR_PASS + RECEIVED + other).encode() + message())
     assert replies[0].startswith("250"), replies
@@ -127,8 +115,8 @@ async def test_copies_carry_no_verdict_in_our_name(club):
     assert b"Authentication-Results: mx.example.net" in bytes(post_row["headers"])  # not ours: left alone
 
 
-async def test_the_null_sender_never_posts(club):
-    cfg = club
+async def test_the_null_sender_never_posts(trusting_club):
+    cfg = trusting_club
     replies = await session(
         cfg,
         [b"LHLO x.example.org", b"MAIL FROM:<>", b"RCPT TO:<open@myclub.org>", b"RCPT TO:<youth-bounces@myclub.org>"],
@@ -177,8 +165,8 @@ def test_every_built_header_refuses_line_breaks_and_folds():
     assert text("=?utf-8?q?a=00b=0Dc?=") == "a b c"
 
 
-async def test_a_rewritten_from_of_a_stored_post_has_no_injected_line(club):
-    cfg = club
+async def test_a_rewritten_from_of_a_stored_post_has_no_injected_line(trusting_club):
+    cfg = trusting_club
     replies = await post(cfg, message(author=f"{INJECTED} <anna@example.net>"), rcpts=("open@myclub.org",))
     assert replies[0].startswith("250"), replies
     (row,) = rows(cfg, "SELECT headers FROM posts")
@@ -222,8 +210,8 @@ def test_administrator_text_with_line_breaks_is_refused(tmp_path: Path):
 # ------------------------------------------------- every reply sendable, once
 
 
-async def test_an_undecodable_recipient_is_refused_at_rcpt_and_the_post_stored_once(club):
-    cfg = club
+async def test_an_undecodable_recipient_is_refused_at_rcpt_and_the_post_stored_once(trusting_club):
+    cfg = trusting_club
     replies = await session(
         cfg,
         [b"LHLO x.example.org", b"MAIL FROM:<anna@example.net>", b"RCPT TO:<open+\xff@myclub.org>",
@@ -236,8 +224,8 @@ async def test_an_undecodable_recipient_is_refused_at_rcpt_and_the_post_stored_o
     assert len(rows(cfg, "SELECT * FROM posts")) == 1
 
 
-async def test_an_undecodable_sender_is_refused_at_mail(club):
-    replies = await session(club, [b"LHLO x.example.org", b"MAIL FROM:<an\xffna@example.net>"])
+async def test_an_undecodable_sender_is_refused_at_mail(trusting_club):
+    replies = await session(trusting_club, [b"LHLO x.example.org", b"MAIL FROM:<an\xffna@example.net>"])
     assert replies[-1].startswith("553 5.1.7"), replies
 
 
@@ -249,22 +237,22 @@ async def test_an_undecodable_sender_is_refused_at_mail(club):
         (b"From: anna@example.net\r\nAuto-Submitted: auto-\xffreplied", "250 2.0.0"),  # accepted, not posted
     ],
 )
-async def test_invalid_8bit_headers_get_one_final_answer(club, header, expected):
+async def test_invalid_8bit_headers_get_one_final_answer(trusting_club, header, expected):
     data = header + b"\r\nTo: open@myclub.org\r\nSubject: x\r\nMessage-ID: <8bit@example.net>\r\n\r\nbody\r\n"
     replies = await session(
-        club, [b"LHLO x.example.org", b"MAIL FROM:<anna@example.net>", b"RCPT TO:<open@myclub.org>"], data
+        trusting_club, [b"LHLO x.example.org", b"MAIL FROM:<anna@example.net>", b"RCPT TO:<open@myclub.org>"], data
     )
     assert replies[-1].startswith(expected), replies
 
 
-async def test_every_reply_after_lhlo_has_an_enhanced_code(club):
+async def test_every_reply_after_lhlo_has_an_enhanced_code(trusting_club):
     commands = [
         b"LHLO x.example.org", b"NOOP", b"DATA", b"RCPT TO:<open@myclub.org>", b"MAIL", b"MAIL FROM:x",
         b"FOO bar", b"HELO x", b"EHLO x", b"VRFY anna", b"MAIL FROM:<anna@example.net>",
         b"MAIL FROM:<anna@example.net>", b"RCPT TO:<nosuchlist@myclub.org>", b"RCPT TO:<a@example.org>",
         b"RCPT TO:youth", b"RSET", b"\x80\x81", b"X" * 2000, b"QUIT",
     ]  # fmt: skip
-    replies = await session(club, commands)
+    replies = await session(trusting_club, commands)
     greeting, lhlo, rest = replies[0], replies[1:7], replies[7:]
     assert greeting.startswith("220") and all(r.startswith("250") for r in lhlo)
     assert len(rest) == len(commands) - 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, write_config
+from .helpers.club import REPO, write_config
 
 COMMANDS = (("serve",), ("deliver",), ("queue", "list"), ("lists", "list"), ("db", "upgrade"))
 CAN_DROP_PRIVILEGES = os.geteuid() == 0 and shutil.which("setpriv") is not None
