@@ -117,7 +117,7 @@ def build_report(
         ]
     lines.append("")
     for f in failures:
-        where = f" (at {f.remote_mta})" if f.remote_mta else ""
+        where = f" (at {headers.one_line(f.remote_mta)})" if f.remote_mta else ""
         lines.append(f"<{f.recipient}>{where}: {headers.one_line(f.reply)}")
     lines += [
         "",

@@ -204,6 +204,9 @@ class Session:
         remote, tls = self.host.name, self.tls
         options = []
         if not (sender.isascii() and recipient.isascii()):
+            if not smtp.supports_extension("smtputf8"):  # RFC 6531 3.2: never sent where not offered
+                return Outcome(0, f"5.6.7 {remote} does not take internationalized addresses (no SMTPUTF8)", True,
+                               remote, tls)  # fmt: skip
             options.append("SMTPUTF8")
         if not data.isascii() and smtp.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")

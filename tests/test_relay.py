@@ -123,7 +123,10 @@ async def test_utf8_addresses_go_out_with_smtputf8_and_a_refusal_is_final(sink: 
     finally:
         await session.close()
         plain.close()
-    assert (outcome.code, outcome.permanent, outcome.sent) == (501, True, False)  # never retried in vain
+    # not even tried where SMTPUTF8 is not offered (RFC 6531 3.2), and never retried in vain
+    assert (outcome.code, outcome.permanent, outcome.sent) == (0, True, False)
+    assert outcome.reply.startswith("5.6.7 127.0.0.1 does not take internationalized addresses")
+    assert plain.received == []
 
 
 async def test_a_host_that_refuses_connections_fails_the_session_setup():
