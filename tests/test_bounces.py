@@ -10,10 +10,9 @@ import pytest
 
 from lmtpd import bounces
 from lmtpd.config import Config, load
-from lmtpd.ingest import IngestHandler
 from lmtpd.lists import verp_recipient, verp_sender
-from lmtpd.queue import FANOUT
-from lmtpd.store import Writer, connect_sync
+from lmtpd.runtime import open_runtime
+from lmtpd.store import connect_sync
 
 from .conftest import DATA, Clock, message, populate, spawn_lmtpd, write_config
 
@@ -44,9 +43,9 @@ def test_the_corpus_is_complete():
 @pytest.mark.parametrize("line_ending", [b"\r\n", b"\n"])
 def test_reading_real_world_bounces(name: str, line_ending: bytes):
     raw = (CORPUS / name).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", line_ending)
-    kind, recipient, status = EXPECTED[name]
+    bounce_class, recipient, status = EXPECTED[name]
     reading = bounces.read_bounce(raw)
-    assert reading.kind == kind
+    assert reading.bounce_class == bounce_class
     if recipient:
         assert recipient in reading.recipients
         assert reading.status == status
@@ -95,14 +94,13 @@ class Club:
                 for line in raw.decode("utf-8", "replace").splitlines()
                 if line.lower().startswith("to:")
             )
-        writer = Writer(self.cfg.database, work=FANOUT)
-        await writer.start()
-        replies = await IngestHandler(self.cfg, writer, self.db, self.clock).decide("", [to], raw)
-        await writer.stop()
+        async with open_runtime(self.cfg, self.clock) as runtime:
+            replies = await runtime.ingest().decide("", [to], raw)
         assert replies[0].endswith("bounce stored"), replies
 
-    def process(self) -> bounces.RunReport:
-        return bounces.process(self.db, self.cfg, self.clock.now)
+    async def process(self) -> bounces.RunReport:
+        async with open_runtime(self.cfg, self.clock, ingest=False) as runtime:
+            return await bounces.process(runtime.writer.submit, self.cfg, self.clock.now)
 
     def member(self, address: str) -> sqlite3.Row:
         return self.db.execute("SELECT * FROM members WHERE address = ?", (address,)).fetchone()
@@ -125,7 +123,7 @@ async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(c
     for _ in range(3):
         await club.receive("postfix_user_unknown.eml")
         await club.receive("postfix_user_unknown.eml")  # the same day: no second point
-        report = club.process()
+        report = await club.process()
         assert report.counts == {"permanent": 2}
         clock.advance(86400)
     bob = club.member("bob@example.net")
@@ -140,12 +138,10 @@ async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(c
     assert len(summaries) == 1
     text = bytes(summaries[0][0]).decode()
     assert "To: admin@myclub.org" in text and "<bob@example.net> (Bob)" in text and "5.1.1" in text
-    assert club.process().summary_queue_id is None  # reported once
+    assert (await club.process()).summary_queue_id is None  # reported once
     # bob stays a member but gets no copies of the next post
-    writer = Writer(club.cfg.database, work=FANOUT)
-    await writer.start()
-    await IngestHandler(club.cfg, writer, club.db, clock).decide("anna@example.net", ["youth@myclub.org"], message())
-    await writer.stop()
+    async with open_runtime(club.cfg, clock) as runtime:
+        await runtime.ingest().decide("anna@example.net", ["youth@myclub.org"], message())
     recipients = {
         r[0] for r in club.db.execute("SELECT recipient FROM deliveries WHERE recipient != 'admin@myclub.org'")
     }
@@ -155,12 +151,12 @@ async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(c
 async def test_a_stale_score_starts_again(club: Club, clock: Clock):
     for _ in range(2):
         await club.receive("postfix_user_unknown.eml")
-        club.process()
+        await club.process()
         clock.advance(86400)
     assert club.member("bob@example.net")["bounce_score"] == 2
     clock.advance(8 * 86400)
     await club.receive("postfix_user_unknown.eml")
-    club.process()
+    await club.process()
     bob = club.member("bob@example.net")
     assert bob["bounce_score"] == 1 and bob["delivery_disabled_at"] is None
 
@@ -169,7 +165,7 @@ async def test_policy_temporary_and_auto_replies_do_not_count(club: Club):
     await club.receive("dmarc_reject.eml")
     await club.receive("postfix_delayed.eml")
     await club.receive("vacation.eml")
-    report = club.process()
+    report = await club.process()
     assert report.counts == {"policy": 1, "temporary": 1, "auto-reply": 1}
     rows = club.bounce_rows()
     assert [(r["kind"], r["address"], r["counted"]) for r in rows] == [
@@ -184,7 +180,7 @@ async def test_attribution_without_verp_and_unattributed_bounces(club: Club):
     await club.receive("quoted_printable_dsn.eml")  # sent to youth-bounces@, names mo@qp.example
     await club.receive("gmail_no_such_user.eml", to="youth-bounces@myclub.org")  # names a stranger
     await club.receive("garbage.eml", to="youth-bounces@myclub.org")
-    report = club.process()
+    report = await club.process()
     assert report.counts == {"permanent": 1, "unattributed": 2}
     rows = club.bounce_rows()
     assert (rows[0]["kind"], rows[0]["address"], rows[0]["counted"]) == ("permanent", "mo@qp.example", 1)
@@ -254,7 +250,7 @@ async def test_verp_delimiters_are_configurable(tmp_path, clock: Clock):
     )
     c = Club(cfg, clock)
     await c.receive("postfix_user_unknown.eml", to="youth-bounces+bob%example.net@myclub.org")
-    report = c.process()
+    report = await c.process()
     assert report.counts == {"permanent": 1}
     assert c.bounce_rows()[0]["address"] == "bob@example.net"
     c.db.close()

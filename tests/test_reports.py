@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from contextlib import AsyncExitStack
 from email import message_from_bytes
 from email.message import Message
 
@@ -12,10 +13,7 @@ from flufl.bounce import all_failures
 
 from lmtpd import dsn
 from lmtpd.config import Config, load
-from lmtpd.delivery import Worker
-from lmtpd.ingest import IngestHandler
-from lmtpd.queue import FANOUT
-from lmtpd.store import Writer, connect_sync
+from lmtpd.runtime import Runtime, open_runtime
 
 from .conftest import Clock, Sink, message, populate, write_config
 
@@ -23,33 +21,29 @@ ADMIN = "admin@myclub.org"
 
 
 class Club:
-    def __init__(self, cfg: Config, writer: Writer, clock: Clock):
-        self.cfg, self.writer, self.clock = cfg, writer, clock
-        self.reader = connect_sync(cfg.database)
-        self.worker = Worker(cfg, writer, self.reader, clock, random.Random(5))
+    def __init__(self, cfg: Config, runtime: Runtime, stack: AsyncExitStack):
+        self.cfg, self.runtime, self._stack = cfg, runtime, stack
+        assert runtime.worker is not None
+        self.worker = runtime.worker
 
     async def post(self, body: bytes | None = None) -> None:
-        replies = await IngestHandler(self.cfg, self.writer, self.reader, self.clock).decide(
-            "anna@example.net", ["youth@myclub.org"], body or message()
-        )
+        replies = await self.runtime.ingest().decide("anna@example.net", ["youth@myclub.org"], body or message())
         assert replies[0].startswith("250")
 
     def rows(self, sql: str, params=()) -> list[sqlite3.Row]:
-        return self.reader.execute(sql, params).fetchall()
+        return self.runtime.reader.execute(sql, params).fetchall()
 
     async def close(self) -> None:
-        await self.worker.close()
-        await self.writer.stop()
-        self.reader.close()
+        await self._stack.aclose()
 
 
 async def make_club(tmp_path, sink: Sink, clock: Clock, queue_extra: str) -> Club:
     config = write_config(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra=queue_extra)
     cfg = load(config)
     await populate(cfg)
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    return Club(cfg, writer, clock)
+    stack = AsyncExitStack()
+    runtime = await stack.enter_async_context(open_runtime(cfg, clock, deliver=True, rng=random.Random(5)))
+    return Club(cfg, runtime, stack)
 
 
 @pytest.fixture

@@ -7,36 +7,34 @@ import sqlite3
 
 import pytest
 
-from lmtpd import store
 from lmtpd.config import Config
 from lmtpd.ingest import IngestHandler
-from lmtpd.lmtp import TEMPFAIL
-from lmtpd.queue import FANOUT, enqueue_post
-from lmtpd.store import Writer, connect_sync
+from lmtpd.store import Writer, connect_sync, writer
+from lmtpd.store.outbound import FANOUT, enqueue_post
 
-from .conftest import Clock, message
+from .conftest import Clock
 from .test_ingest import rows
 
 
 def new_post(db: sqlite3.Connection, list_name: str) -> tuple[int, int]:
     """A message and its post row for ``list_name``: (post id, list id)."""
     list_id = db.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()[0]
-    message_id = db.execute(
+    msg_id = db.execute(
         "INSERT INTO messages (queue_id, mail_from, author, message_id, subject, size, raw, arrived_at) "
         "VALUES (?, 'anna@example.net', 'anna@example.net', '', '', 1, x'00', 0)",
         (f"Q{list_name}",),
     ).lastrowid
     post_id = db.execute(
         "INSERT INTO posts (message_id, list_id, list_name, sender, accepted_at, headers) VALUES (?, ?, ?, '', 0, '')",
-        (message_id, list_id, list_name),
+        (msg_id, list_id, list_name),
     ).lastrowid
     assert post_id is not None
     return post_id, list_id
 
 
 async def test_batch_work_queues_copies_of_committed_jobs_only(club: Config):
-    writer = Writer(club.database, work=FANOUT)
-    await writer.start()
+    fanout = Writer(club.database, work=FANOUT)
+    await fanout.start()
 
     def good(db):
         post_id, list_id = new_post(db, "youth")
@@ -49,10 +47,10 @@ async def test_batch_work_queues_copies_of_committed_jobs_only(club: Config):
         raise RuntimeError("after the copies were noted")
 
     try:
-        results = await asyncio.gather(writer.submit(good), writer.submit(bad), return_exceptions=True)
+        results = await asyncio.gather(fanout.submit(good), fanout.submit(bad), return_exceptions=True)
     finally:
-        await writer.stop()
-    assert writer.batches == 1  # both jobs shared one transaction
+        await fanout.stop()
+    assert fanout.batches == 1  # both jobs shared one transaction
     assert isinstance(results[1], RuntimeError)
     copies = rows(club, "SELECT post_id, recipient, state, next_attempt_at FROM deliveries ORDER BY id")
     assert [tuple(r) for r in copies] == [
@@ -63,38 +61,52 @@ async def test_batch_work_queues_copies_of_committed_jobs_only(club: Config):
     assert len(rows(club, "SELECT * FROM posts")) == 1
 
 
-async def test_a_writer_without_the_fanout_refuses_rather_than_loses(club: Config):
-    """Ingest on a writer that would never write the copies: 451, nothing stored."""
-    writer = Writer(club.database)
-    await writer.start()
+async def test_ingest_refuses_a_writer_without_the_fanout(club: Config):
+    """A writer that would never write the copies: ingest says so when it is built."""
+    reader = connect_sync(club.database)
     try:
-        handler = IngestHandler(club, writer, connect_sync(club.database), Clock())
-        replies = await handler.decide("anna@example.net", ["youth@myclub.org"], message())
+        with pytest.raises(ValueError, match="FANOUT"):
+            IngestHandler(club, Writer(club.database), reader, Clock())
     finally:
-        await writer.stop()
-    assert replies == [TEMPFAIL]
+        reader.close()
+
+
+async def test_noting_copies_outside_a_fanout_writer_fails_the_job(club: Config):
+    """enqueue_post on any other connection: the job fails (and rolls back), nothing is lost silently."""
+    plain = Writer(club.database)
+    await plain.start()
+
+    def job(db):
+        post_id, list_id = new_post(db, "youth")
+        enqueue_post(db, post_id, list_id, 100.0)
+
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            await plain.submit(job)
+    finally:
+        await plain.stop()
     assert rows(club, "SELECT * FROM posts") == []
 
 
-@pytest.mark.parametrize("retry_for", [store.LOCK_RETRY_FOR, 0.0])
+@pytest.mark.parametrize("retry_for", [writer.LOCK_RETRY_FOR, 0.0])
 async def test_a_lock_held_by_another_process_is_waited_for(club: Config, monkeypatch, retry_for):
     """Held by another connection (say ``lmtpd queue hold``): the batch commits after it.
 
     With ``retry_for`` 0 the wait goes at once to the writer's thread.
     """
-    monkeypatch.setattr(store, "LOCK_RETRY_FOR", retry_for)
+    monkeypatch.setattr(writer, "LOCK_RETRY_FOR", retry_for)
     other = sqlite3.connect(club.database, isolation_level=None)
-    writer = Writer(club.database, work=FANOUT)
-    await writer.start()
+    fanout = Writer(club.database, work=FANOUT)
+    await fanout.start()
     try:
         other.execute("BEGIN IMMEDIATE")
         other.execute("UPDATE members SET name = 'Anna B.' WHERE address = 'anna@example.net'")
         read = "SELECT name FROM members WHERE address = 'anna@example.net'"
-        job = asyncio.ensure_future(writer.submit(lambda db: db.execute(read).fetchone()))
+        job = asyncio.ensure_future(fanout.submit(lambda db: db.execute(read).fetchone()))
         await asyncio.sleep(0.2)
         assert not job.done()  # waiting for the lock; the loop runs meanwhile
         other.execute("COMMIT")
         assert (await asyncio.wait_for(job, 10))[0] == "Anna B."
     finally:
         other.close()
-        await writer.stop()
+        await fanout.stop()
