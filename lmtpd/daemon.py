@@ -446,7 +446,10 @@ class _PolicyConnection(asyncio.StreamReaderProtocol):
 
 
 async def stop_worker(worker: Worker, task: asyncio.Task[None] | None, grace: float) -> None:
-    """Let the current pass finish within half the grace period; unfinished copies stay queued."""
+    """Let the current pass finish within half the grace period; unfinished copies stay queued.
+
+    The worker is closed (its leases handed back) by the runtime that built it.
+    """
     await worker.stop()
     if task is not None:
         try:
@@ -455,7 +458,6 @@ async def stop_worker(worker: Worker, task: asyncio.Task[None] | None, grace: fl
             log.warning("delivery pass interrupted; unfinished copies stay queued")
         except Exception:
             log.exception("delivery worker failed")
-    await worker.close()
 
 
 class DeliveryProcess:

@@ -91,7 +91,7 @@ async def open_runtime(
             yield Runtime(cfg, clock, writer, reader, worker)
         finally:
             if worker is not None:
-                await worker.close()  # hands back what it still holds; harmless if closed already
+                await worker.close()  # stops its lanes, hands back the copies it still holds
     finally:
         await writer.stop()
         reader.close()

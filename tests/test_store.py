@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 
 import pytest
 
 from lmtpd.config import Config
 from lmtpd.ingest import IngestHandler
-from lmtpd.store import Writer, connect_sync, writer
+from lmtpd.runtime import open_runtime
+from lmtpd.store import StoreError, Writer, connect_sync, members, writer
 from lmtpd.store.outbound import FANOUT, enqueue_post
 
 from .conftest import Clock
@@ -110,3 +112,26 @@ async def test_a_lock_held_by_another_process_is_waited_for(club: Config, monkey
     finally:
         other.close()
         await fanout.stop()
+
+
+async def test_open_runtime_takes_everything_down_when_its_user_fails(club: Config):
+    """The async context manager guarantees the cleanup the callers used to write by hand."""
+    with pytest.raises(RuntimeError, match="boom"):
+        async with open_runtime(club, deliver=True) as runtime:
+            assert runtime.writer.runs(FANOUT) and runtime.worker is not None
+            raise RuntimeError("boom")
+    with pytest.raises(StoreError, match="not running"):
+        await runtime.writer.submit(lambda db: None)
+    with pytest.raises(sqlite3.ProgrammingError):
+        runtime.reader.execute("SELECT 1")
+
+
+async def test_rows_come_out_as_frozen_records(club: Config):
+    reader = connect_sync(club.database)
+    try:
+        youth = members.find_list(reader, "Youth")
+    finally:
+        reader.close()
+    assert youth is not None and youth.name == "youth" and youth["posters"] == "club"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        youth.name = "other"  # type: ignore[misc]

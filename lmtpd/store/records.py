@@ -34,20 +34,19 @@ class Record(Mapping[str, Any]):
 
     @classmethod
     def of(cls: type[R], row: sqlite3.Row | None) -> R | None:
-        """The record for ``row`` (columns the dataclass does not name are left out)."""
+        """The record for ``row``, which must hold every field (more columns are left out)."""
         if row is None:
             return None
-        names = _names(cls)
-        return cls(**{k: row[k] for k in row.keys() if k in names})
+        return cls(*map(row.__getitem__, _names(cls)))
 
 
-_NAMES: dict[type, frozenset[str]] = {}
+_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def _names(cls: type) -> frozenset[str]:
+def _names(cls: type) -> tuple[str, ...]:
     names = _NAMES.get(cls)
     if names is None:
-        names = _NAMES[cls] = frozenset(f.name for f in fields(cls))
+        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
     return names
 
 
