@@ -213,7 +213,7 @@ def _check_poster(
         return refusal
     assert member is not None
     limit = daily_limit(lst, cfg.limits.posts_per_day)
-    if limit > 0 and not members.count_post(db, member.id, lst.id, day, limit):
+    if limit <= 0 or not members.count_post(db, member.id, lst.id, day, limit):  # 0: nobody may post
         return limit_refusal(lst.name, limit)
     return ""
 

@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from lmtpd import roster
 from lmtpd.config import Config
 from lmtpd.lmtp import LMTPServer
 from lmtpd.store import open_database, transaction
@@ -240,6 +241,15 @@ async def test_quota_resets_the_next_day(service, club, clock):
         lmtp_target(club), "bob@example.net", ["youth@myclub.org"], message(author="bob@example.net")
     )
     assert codes(t.data) == ["250"]
+
+
+async def test_a_daily_limit_of_zero_lets_nobody_post(service, club):
+    db = await open_database(club.database)
+    await transaction(db, lambda db: roster.add_list(db, "closed", 0, roster.ListSettings(posts_per_day=0)))
+    await db.close()
+    t = await lmtpclient.send(lmtp_target(club), "anna@example.net", ["closed@myclub.org"], message())
+    assert t.data == ["550 5.7.1 daily limit reached: 0 posts per day to closed"]
+    assert rows(club, "SELECT * FROM quota_use") == []
 
 
 async def test_bare_lf_and_utf8_headers_are_kept_byte_for_byte(service, club):
