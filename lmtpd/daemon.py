@@ -380,6 +380,12 @@ class _Session(LMTPServer):
     def connection_lost(self, error: Exception | None) -> None:
         self._gate.release(self)
         super().connection_lost(error)
+        # A client gone before its greeting was written (BrokenPipeError) leaves the
+        # error in asyncio's "closed" future, which nobody awaits; asyncio logs it
+        # with a traceback whenever the garbage collector happens to free it first.
+        closed: asyncio.Future[None] | None = getattr(self, "_closed", None)
+        if closed is not None and closed.done() and not closed.cancelled():
+            closed.exception()
 
 
 class _PolicyConnection(asyncio.StreamReaderProtocol):
