@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
 import aiosqlite
 
 from .queue import isotime
-from .store import fetchall, fetchone
+from .store import bounces
 
 
 class NoSuchBounce(Exception):
     pass
 
 
-def _entry(r: sqlite3.Row) -> dict:
+def _entry(r: dict[str, Any]) -> dict:
     return {
         "id": r["id"],
         "queue_id": r["queue_id"],
@@ -32,17 +32,11 @@ def _entry(r: sqlite3.Row) -> dict:
 
 
 async def listing(db: aiosqlite.Connection, unprocessed: bool = False, unattributed: bool = False) -> list[dict]:
-    where = []
-    if unprocessed:
-        where.append("processed_at IS NULL")
-    if unattributed:
-        where.append("kind = 'unattributed'")
-    sql = "SELECT * FROM bounces" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
-    return [_entry(r) for r in await fetchall(db, sql)]
+    return [_entry(r) for r in await bounces.bounce_rows(db, unprocessed, unattributed)]
 
 
 async def show(db: aiosqlite.Connection, bounce_id: int) -> dict:
-    row = await fetchone(db, "SELECT * FROM bounces WHERE id = ?", (bounce_id,))
+    row = await bounces.bounce_row(db, bounce_id)
     if row is None:
         raise NoSuchBounce(f"no bounce with id {bounce_id}")
     info = _entry(row)

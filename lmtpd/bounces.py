@@ -23,12 +23,14 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
 from email.utils import format_datetime, make_msgid
+from typing import Any, TypeVar
 
 from flufl.bounce import all_failures
 
@@ -36,12 +38,18 @@ from . import headers
 from .config import Config
 from .lists import VACATION_SUBJECT, verp_recipient
 from .queue import enqueue_report, new_queue_id
-from .store import FIND_MEMBER
+from .store import bounces as stored
+from .store import members as db_members
+from .store.bounces import BounceClass
+from .store.members import Member
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 PERMANENT, TEMPORARY, POLICY, AUTO_REPLY, UNRECOGNISED, UNATTRIBUTED = (
-    "permanent", "temporary", "policy", "auto-reply", "unrecognised", "unattributed",
+    BounceClass.PERMANENT, BounceClass.TEMPORARY, BounceClass.POLICY,
+    BounceClass.AUTO_REPLY, BounceClass.UNRECOGNISED, BounceClass.UNATTRIBUTED,
 )  # fmt: skip
 
 _POLICY_WORDS = re.compile(
@@ -53,7 +61,7 @@ _POLICY_WORDS = re.compile(
 
 @dataclass(frozen=True)
 class Reading:
-    kind: str
+    bounce_class: str
     recipients: tuple[str, ...] = ()  # the addresses the report says failed
     status: str = ""
     diagnostic: str = ""
@@ -121,13 +129,16 @@ def _from_dsn(msg: Message) -> Reading | None:
     recipient, action, status, diagnostic = failed[0]
     diagnostic = diagnostic.split(";", 1)[-1].strip() if ";" in diagnostic else diagnostic
     if action == "delayed" or status.startswith("4."):
-        kind = TEMPORARY
+        bounce_class = TEMPORARY
     elif _is_policy(status, diagnostic):
-        kind = POLICY
+        bounce_class = POLICY
     else:
-        kind = PERMANENT
+        bounce_class = PERMANENT
     return Reading(
-        kind, tuple(r for r, *_ in failed), status or ("5.0.0" if kind != TEMPORARY else "4.0.0"), diagnostic
+        bounce_class,
+        tuple(r for r, *_ in failed),
+        status or ("5.0.0" if bounce_class != TEMPORARY else "4.0.0"),
+        diagnostic,
     )
 
 
@@ -160,7 +171,7 @@ def read_bounce(raw: bytes) -> Reading:
     try:
         msg = message_from_bytes(raw, policy=compat32)
         dsn = _from_dsn(msg)
-        if dsn is not None and dsn.kind != UNRECOGNISED:
+        if dsn is not None and dsn.bounce_class != UNRECOGNISED:
             return dsn
         try:
             temporary, permanent = all_failures(msg)
@@ -178,8 +189,8 @@ def read_bounce(raw: bytes) -> Reading:
         line = next((ln.strip() for ln in text.splitlines() if re.search(r"\b[45]\d\d\b", ln)), "")
         if not permanent:
             return Reading(TEMPORARY, addresses, status or "4.0.0", line[:500])
-        kind = POLICY if _is_policy(status, text) else PERMANENT
-        return Reading(kind, addresses, status or "5.0.0", line[:500])
+        bounce_class = POLICY if _is_policy(status, text) else PERMANENT
+        return Reading(bounce_class, addresses, status or "5.0.0", line[:500])
     except Exception:  # a parser bug must not stop the run: keep the bounce for a human
         log.exception("could not read a bounce")
         return Reading(UNRECOGNISED)
@@ -195,121 +206,90 @@ class RunReport:
     summary_queue_id: str | None = None
 
 
-def process(db: sqlite3.Connection, cfg: Config, now: float) -> RunReport:
-    """Process every unprocessed bounce, each in its own transaction; then the summary."""
+Job = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
+
+
+async def process(submit: Job[Any], cfg: Config, now: float) -> RunReport:
+    """Process every unprocessed bounce, each in a transaction of its own; then the summary.
+
+    ``submit``: a :class:`~lmtpd.store.Writer`'s, which commits each job before it returns.
+    """
     report = RunReport()
-    ids = [r[0] for r in db.execute("SELECT id FROM bounces WHERE processed_at IS NULL ORDER BY id")]
-    for bounce_id in ids:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            outcome = _process_one(db, bounce_id, cfg, now)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+    for bounce_id in await submit(stored.unprocessed_ids):
+        outcome = await submit(lambda db, bounce_id=bounce_id: _process_one(db, bounce_id, cfg, now))
         if outcome is None:
             continue  # another run took it
-        kind, disabled = outcome
-        report.counts[kind] = report.counts.get(kind, 0) + 1
+        bounce_class, disabled = outcome
+        report.counts[bounce_class] = report.counts.get(bounce_class, 0) + 1
         if disabled:
             report.disabled.append(disabled)
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        report.summary_queue_id = _queue_summary(db, cfg, now)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    report.summary_queue_id = await submit(lambda db: _queue_summary(db, cfg, now))
     return report
 
 
 def _process_one(db: sqlite3.Connection, bounce_id: int, cfg: Config, now: float) -> tuple[str, str] | None:
-    row = db.execute("SELECT * FROM bounces WHERE id = ? AND processed_at IS NULL", (bounce_id,)).fetchone()
-    if row is None:
+    bounce = stored.take_unprocessed(db, bounce_id)
+    if bounce is None:
         return None
-    reading = read_bounce(bytes(row["raw"]))
-    address = verp_recipient(row["extension"], cfg.bounces.verp_delimiters)
-    member = db.execute(FIND_MEMBER, (address,)).fetchone() if address else None
+    reading = read_bounce(bounce.raw)
+    address = verp_recipient(bounce.extension, cfg.bounces.verp_delimiters)
+    member = db_members.find_member(db, address) if address else None
     if member is None:  # no VERP: a report that names exactly one member will do
-        named = [db.execute(FIND_MEMBER, (a,)).fetchone() for a in reading.recipients]
-        named = [m for m in named if m is not None]
-        member = named[0] if len({m["id"] for m in named}) == 1 else None
-    kind = reading.kind
-    if member is None and kind not in (AUTO_REPLY,):
-        kind = UNATTRIBUTED
+        named = [m for m in (db_members.find_member(db, a) for a in reading.recipients) if m is not None]
+        member = named[0] if len({m.id for m in named}) == 1 else None
+    bounce_class = reading.bounce_class
+    if member is None and bounce_class not in (AUTO_REPLY,):
+        bounce_class = UNATTRIBUTED
     counted, disabled = False, ""
-    if member is not None and kind == PERMANENT:
+    if member is not None and bounce_class == PERMANENT:
         counted, disabled = _score(db, member, reading, cfg, now)
-    db.execute(
-        """
-        UPDATE bounces SET processed_at = ?, member_id = ?, address = ?, kind = ?, status = ?,
-                           diagnostic = ?, counted = ?
-         WHERE id = ?
-        """,
-        (
-            now, member["id"] if member else None, member["address"] if member else (address or ""),
-            kind, reading.status, reading.diagnostic[:1000], int(counted), bounce_id,
-        ),
+    stored.mark_processed(
+        db, bounce_id, now, member.id if member else None, member.address if member else (address or ""),
+        bounce_class, reading.status, reading.diagnostic[:1000], counted,
     )  # fmt: skip
     log.info(
         "bounce %d (%s): %s for <%s> %s%s",
-        bounce_id, row["queue_id"], kind, member["address"] if member else address or "?",
+        bounce_id, bounce.queue_id, bounce_class, member.address if member else address or "?",
         reading.status, " (counted)" if counted else "",
     )  # fmt: skip
-    return kind, disabled
+    return str(bounce_class), disabled
 
 
-def _score(db: sqlite3.Connection, member: sqlite3.Row, reading: Reading, cfg: Config, now: float) -> tuple[bool, str]:
+def _score(db: sqlite3.Connection, member: Member, reading: Reading, cfg: Config, now: float) -> tuple[bool, str]:
     """At most one point a day; stale scores restart; the threshold disables delivery."""
     day = date.fromtimestamp(now).isoformat()
-    score = member["bounce_score"]
-    if member["last_bounce_at"] is not None and now - member["last_bounce_at"] > cfg.bounces.stale_after_days * 86400:
+    score = member.bounce_score
+    if member.last_bounce_at is not None and now - member.last_bounce_at > cfg.bounces.stale_after_days * 86400:
         score = 0
-    counted = member["last_bounce_day"] != day
+    counted = member.last_bounce_day != day
     if counted:
         score += 1
-    disable = score >= cfg.bounces.threshold and member["delivery_disabled_at"] is None
+    disable = score >= cfg.bounces.threshold and member.delivery_disabled_at is None
     reason = f"{score} days with bounces; last {reading.status}: {reading.diagnostic[:200]}"
-    db.execute(
-        """
-        UPDATE members SET bounce_score = ?, last_bounce_at = ?,
-               last_bounce_day = CASE WHEN ? THEN ? ELSE last_bounce_day END,
-               delivery_disabled_at = CASE WHEN ? THEN ? ELSE delivery_disabled_at END,
-               disabled_reason = CASE WHEN ? THEN ? ELSE disabled_reason END,
-               disabled_reported = CASE WHEN ? THEN 0 ELSE disabled_reported END
-         WHERE id = ?
-        """,
-        (score, now, counted, day, disable, now, disable, reason, disable, member["id"]),
-    )
+    db_members.record_bounce_score(db, member.id, score, now, day if counted else None, reason if disable else None)
     if disable:
-        log.warning("delivery to <%s> disabled: %s", member["address"], reason)
-    return counted, member["address"] if disable else ""
+        log.warning("delivery to <%s> disabled: %s", member.address, reason)
+    return counted, member.address if disable else ""
 
 
 def _queue_summary(db: sqlite3.Connection, cfg: Config, now: float) -> str | None:
     """One mail to the administrator about members disabled and not yet reported."""
-    members = db.execute(
-        "SELECT * FROM members WHERE delivery_disabled_at IS NOT NULL AND disabled_reported = 0 ORDER BY address"
-    ).fetchall()
-    if not members:
+    disabled = db_members.disabled_unreported(db)
+    if not disabled:
         return None
     lines = [
-        f"lmtpd at {cfg.hostname} stopped sending list mail to {len(members)} member(s) whose",
+        f"lmtpd at {cfg.hostname} stopped sending list mail to {len(disabled)} member(s) whose",
         "mailboxes keep refusing it. They stay members; `lmtpd members enable ADDRESS`",
         "sends to them again.",
         "",
     ]
-    for m in members:
-        since = datetime.fromtimestamp(m["delivery_disabled_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
-        lines += [f"<{m['address']}> ({m['name'] or 'no name'}), disabled {since}", f"  why: {m['disabled_reason']}"]
-        evidence = db.execute(
-            "SELECT arrived_at, queue_id, status, diagnostic FROM bounces WHERE member_id = ? AND counted = 1 "
-            "ORDER BY arrived_at DESC LIMIT 5",
-            (m["id"],),
-        ).fetchall()
-        for e in evidence:
-            when = datetime.fromtimestamp(e["arrived_at"], UTC).strftime("%Y-%m-%d")
-            lines.append(f"  {when} bounce {e['queue_id']}: {e['status']} {e['diagnostic'][:160]}")
+    for m in disabled:
+        assert m.delivery_disabled_at is not None
+        since = datetime.fromtimestamp(m.delivery_disabled_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        lines += [f"<{m.address}> ({m.name or 'no name'}), disabled {since}", f"  why: {m.disabled_reason}"]
+        for arrived_at, queue_id, status, diagnostic in stored.counted_evidence(db, m.id):
+            when = datetime.fromtimestamp(arrived_at, UTC).strftime("%Y-%m-%d")
+            lines.append(f"  {when} bounce {queue_id}: {status} {diagnostic[:160]}")
         lines.append("")
     queue_id = new_queue_id()
     body = "\r\n".join(lines).encode("utf-8")
@@ -317,7 +297,7 @@ def _queue_summary(db: sqlite3.Connection, cfg: Config, now: float) -> str | Non
         [
             ("From", f"Mail Delivery System <MAILER-DAEMON@{cfg.domain}>"),
             ("To", cfg.admin),
-            ("Subject", f"lmtpd: delivery disabled for {len(members)} member(s) after bounces"),
+            ("Subject", f"lmtpd: delivery disabled for {len(disabled)} member(s) after bounces"),
             ("Date", format_datetime(datetime.fromtimestamp(now, UTC))),
             ("Message-ID", make_msgid(idstring=queue_id, domain=cfg.domain)),
             ("Auto-Submitted", "auto-generated"),
@@ -328,5 +308,5 @@ def _queue_summary(db: sqlite3.Connection, cfg: Config, now: float) -> str | Non
         utf8=True,
     )
     enqueue_report(db, queue_id, "", block + b"\r\n" + body, now, cfg)
-    db.executemany("UPDATE members SET disabled_reported = 1 WHERE id = ?", [(m["id"],) for m in members])
+    db_members.mark_disabled_reported(db, [m.id for m in disabled])
     return queue_id

@@ -24,9 +24,9 @@ from . import bounce_admin, bounces, queue, queue_admin, roster
 from .config import Config, ConfigError, config_path, load
 from .copies import Signer, SigningError, dns_record
 from .daemon import ListenError, Service, run_delivery
-from .delivery import Worker
 from .headers import printable
-from .store import SchemaError, StoreError, Writer, connect_sync, open_database, transaction, upgrade
+from .runtime import open_runtime
+from .store import SchemaError, StoreError, open_database, transaction, upgrade
 
 T = TypeVar("T")
 
@@ -467,18 +467,14 @@ def queue_flush(state: State, queue_id: str | None) -> None:
         if queue_id is not None:
             await queue_admin.show(db, queue_id)  # fails for an unknown id
         total = (await queue_admin.stats(db, time.time()))["states"][queue.PENDING]
-        writer = Writer(cfg.database)
-        await writer.start()
-        worker = Worker(cfg, writer, None, time.time)
-        try:
-            await writer.submit(queue.release_dead_leases)
+        async with open_runtime(cfg, time.time, ingest=False, deliver=True) as runtime:
+            worker = runtime.worker
+            assert worker is not None
+            await runtime.writer.submit(queue.release_dead_leases)
             if not interactive:
                 return await worker.flush(queue_id and queue_id.upper())
             with click.progressbar(length=total, label="delivering", file=sys.stderr) as bar:
                 return await worker.flush(queue_id and queue_id.upper(), progress=bar.update)
-        finally:
-            await worker.close()
-            await writer.stop()
 
     counts = state.run(run)
     total = sum(counts[k] for k in (queue.SENT, queue.PENDING, queue.FAILED))
@@ -616,12 +612,9 @@ def bounces_process(state: State) -> None:
     if state.verbose:
         setup_logging(state.verbose)
 
-    async def run(_: aiosqlite.Connection) -> bounces.RunReport:  # the schema is checked; work synchronously
-        conn = connect_sync(cfg.database)
-        try:
-            return bounces.process(conn, cfg, time.time())
-        finally:
-            conn.close()
+    async def run(_: aiosqlite.Connection) -> bounces.RunReport:  # each bounce committed through the writer
+        async with open_runtime(cfg, ingest=False) as runtime:
+            return await bounces.process(runtime.writer.submit, cfg, time.time())
 
     report = state.run(run)
     total = sum(report.counts.values())

@@ -20,13 +20,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
-import dns.resolver
-
-from . import auth, queue
 from .config import Config, ConfigError, load
-from .copies import Signer, SigningError
+from .copies import SigningError
 from .delivery import Worker
 from .ingest import IngestHandler
 from .listeners import (
@@ -42,8 +40,8 @@ from .listeners import (
 )
 from .lmtp import LMTPServer
 from .policy import MAX_LINE, PolicyServer
-from .routes import make_resolver
-from .store import StoreError, Writer, connect_sync, open_database
+from .runtime import make_checker, make_signer, open_runtime
+from .store import StoreError
 from .supervise import DeliveryProcess, WakePipe, stop_worker
 
 log = logging.getLogger(__name__)
@@ -71,6 +69,7 @@ class Service:
             self.delivery = DeliveryProcess(delivery_command, cfg.lmtp.shutdown_grace)
         self.lmtp_gate = Gate("lmtp", cfg.lmtp.max_connections)
         self.policy_gate = Gate("policy", cfg.policy.max_connections)
+        self._resources = AsyncExitStack()  # the runtime: database, writer, in-loop worker
         self.started = False
 
     async def start(self, allow_upgrade: bool = False) -> None:
@@ -83,13 +82,10 @@ class Service:
 
     async def _start(self, allow_upgrade: bool) -> None:
         cfg = self.cfg
-        db = await open_database(cfg.database, allow_upgrade)  # checks the schema
-        await db.close()
-        self.reader = connect_sync(cfg.database)
-        self.writer = Writer(cfg.database, work=queue.FANOUT)
-        await self.writer.start()
-        if self.delivery is None:
-            self.worker = Worker(cfg, self.writer, self.reader, self.clock)
+        self.runtime = await self._resources.enter_async_context(
+            open_runtime(cfg, self.clock, deliver=self.delivery is None, allow_upgrade=allow_upgrade)
+        )
+        self.writer, self.reader, self.worker = self.runtime.writer, self.runtime.reader, self.runtime.worker
         self.handler = self._make_handler(cfg)
         ensure_descriptors(cfg)
         loop = asyncio.get_running_loop()
@@ -139,11 +135,7 @@ class Service:
     def _make_handler(self, cfg: Config) -> IngestHandler:
         """The ingest hooks for new sessions, built from ``cfg`` (at start and on reload)."""
         wake = self.delivery.wake if self.delivery is not None else self.worker.wake if self.worker else None
-        checker = auth.Checker(
-            make_resolver(cfg.dns.nameservers, cfg.dns.timeout, dns.resolver.Resolver), cfg.dns.timeout
-        )
-        signer = Signer.from_file(cfg.domain, cfg.dkim.selector, cfg.dkim.key_file) if cfg.dkim.key_file else None
-        return IngestHandler(cfg, self.writer, self.reader, self.clock, wake, checker, signer)
+        return self.runtime.ingest(wake, make_checker(cfg), make_signer(cfg), cfg=cfg)
 
     async def _abort_start(self) -> None:
         """A start that failed half-way leaves no socket, thread or connection behind."""
@@ -154,10 +146,7 @@ class Service:
                     listen.path.unlink(missing_ok=True)
         if self.delivery is not None:
             await self.delivery.stop()
-        if getattr(self, "writer", None) is not None:
-            await self.writer.stop()
-        if getattr(self, "reader", None) is not None:
-            self.reader.close()
+        await self._resources.aclose()
 
     def reload(self) -> None:
         """SIGHUP: read the file again; new sessions and a new delivery worker use it.
@@ -218,7 +207,7 @@ class Service:
             await self.delivery.stop()
         if self.worker is not None:
             await stop_worker(self.worker, self._worker_task, grace)
-        await self.writer.stop()
+        await self._resources.aclose()  # commits what is pending, closes the database
         if self.writer.batches:
             log.info(
                 "group commit: %d jobs in %d commits (%.1f per commit)",
@@ -226,7 +215,6 @@ class Service:
                 self.writer.batches,
                 self.writer.jobs / self.writer.batches,
             )
-        self.reader.close()
         for listen in (self.cfg.lmtp.listen, self.cfg.policy.listen):
             if listen is not None and listen.path is not None:
                 listen.path.unlink(missing_ok=True)
@@ -284,29 +272,24 @@ def _keep_bound(old: Config, new: Config) -> Config:
 
 async def run_delivery(cfg: Config, from_serve: bool) -> None:
     """``lmtpd deliver``: the delivery worker alone, until SIGTERM or the end of serve's pipe."""
-    db = await open_database(cfg.database)  # checks the schema
-    await db.close()
-    writer = Writer(cfg.database)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    worker = Worker(cfg, writer, reader, time.time)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # serve starts a new worker on its reload; alone, the worker needs a restart
-    loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: the delivery worker reads its configuration at start")
-    if from_serve:
-        await loop.connect_read_pipe(lambda: WakePipe(worker.wake, stop.set), sys.stdin)
-    task = loop.create_task(worker.run(), name="lmtpd-delivery")
-    log.info("delivery worker ready (process %d)", os.getpid())
-    await asyncio.wait([asyncio.ensure_future(stop.wait()), task], return_when=asyncio.FIRST_COMPLETED)
-    failed = task.done() and not stop.is_set()
-    if failed:
-        log.error("delivery worker ended unexpectedly: %r", task.exception())
-    await stop_worker(worker, task, cfg.lmtp.shutdown_grace)
-    await writer.stop()
-    reader.close()
+    async with open_runtime(cfg, time.time, ingest=False, deliver=True) as runtime:
+        worker = runtime.worker
+        assert worker is not None
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        # serve starts a new worker on its reload; alone, the worker needs a restart
+        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: the delivery worker reads its configuration at start")
+        if from_serve:
+            await loop.connect_read_pipe(lambda: WakePipe(worker.wake, stop.set), sys.stdin)
+        task = loop.create_task(worker.run(), name="lmtpd-delivery")
+        log.info("delivery worker ready (process %d)", os.getpid())
+        await asyncio.wait([asyncio.ensure_future(stop.wait()), task], return_when=asyncio.FIRST_COMPLETED)
+        failed = task.done() and not stop.is_set()
+        if failed:
+            log.error("delivery worker ended unexpectedly: %r", task.exception())
+        await stop_worker(worker, task, cfg.lmtp.shutdown_grace)
     if failed:
         raise SystemExit(1)
 

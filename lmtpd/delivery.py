@@ -32,7 +32,7 @@ from . import queue
 from .config import Config
 from .relay import Outcome, Session, SessionError, tls_contexts
 from .routes import Host, RouteError, make_resolver, resolve
-from .store import Writer
+from .store import Writer, outbound
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Worker:
             claimed = 0
             try:
                 claimed = await self._fill()
-                due = queue.next_due(self.reader) if self.reader is not None else None
+                due = outbound.next_due(self.reader) if self.reader is not None else None
             except Exception:
                 log.exception("delivery pass failed; retrying shortly")
                 due = None
@@ -164,14 +164,14 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._close_idle(0)
         try:
-            await self.writer.submit(lambda db: queue.release_leases(db, self.owner))
+            await self.writer.submit(lambda db: outbound.release_leases(db, self.owner))
         except Exception:
             log.exception("could not release leases (they will expire)")
 
     async def flush(self, queue_id: str | None = None, progress: Progress | None = None) -> Counter[str]:
         """Attempt every pending copy (of one message, or all) now, once; count outcomes."""
         now = self.clock()
-        await self.writer.submit(lambda db: queue.make_all_due(db, now, queue_id))
+        await self.writer.submit(lambda db: outbound.make_all_due(db, now, queue_id))
         passes: list[_Pass] = []
         while True:
             self._wakeup.clear()
@@ -273,7 +273,7 @@ class Worker:
             ids, until = sorted(self._flight), now + lease
             try:
                 kept = await self.writer.submit(
-                    lambda db, ids=ids, until=until: queue.renew_leases(db, self.owner, ids, until)
+                    lambda db, ids=ids, until=until: outbound.renew_leases(db, self.owner, ids, until)
                 )
             except Exception:
                 log.exception("could not renew leases; trying again")

@@ -37,7 +37,9 @@ from .lists import (
     split_message,
 )
 from .lmtp import TEMPFAIL, HooksOnly, valid_text, wire_reply
-from .store import FIND_LIST, FIND_MEMBER, Writer, in_list
+from .store import Writer, bounces, members, posts, savepoint
+from .store.members import MailingList, Member
+from .store.outbound import FANOUT, enqueue_post
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Post:
-    """One LMTP transaction after DATA, as the accept job sees it."""
+class Arrival:
+    """One LMTP transaction after DATA (the message, before any post), as the accept job sees it."""
 
     queue_id: str
     mail_from: str
@@ -60,25 +62,25 @@ class Post:
     copy_headers: dict[str, bytes] = field(default_factory=dict)  # list name -> the copies' headers
 
 
-def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], int]:
-    """Decide every recipient of ``post`` and store what is accepted.
+def accept(db: sqlite3.Connection, arrival: Arrival, cfg: Config) -> tuple[list[str], int]:
+    """Decide every recipient of ``arrival`` and store what is accepted.
 
     Each list is decided in a savepoint of its own: a database error while storing
     one list's post answers 451 for that recipient only, and leaves no trace of it
     (quota included). Returns the replies in RCPT order and how many posts and
-    forwards were queued (a post's copies are written by :data:`queue.FANOUT`).
+    forwards were queued (a post's copies are written by :data:`~lmtpd.store.outbound.FANOUT`).
     """
-    author = post.headers.author
-    member = db.execute(FIND_MEMBER, (author,)).fetchone() if author else None
+    author = arrival.headers.author
+    member = members.find_member(db, author) if author else None
     replies: list[str] = []
     accepted: set[str] = set()
     handled: set[str] = set()  # bounce, request and owner addresses stored or forwarded
-    message_id: int | None = None
+    msg_id: int | None = None  # the messages row, once stored
     queued = 0  # posts and forwards with copies to send
-    day = date.fromtimestamp(post.arrived_at).isoformat()
-    for address in post.recipients:
+    day = date.fromtimestamp(arrival.arrived_at).isoformat()
+    for address in arrival.recipients:
         rcpt, refusal = parse_recipient(address, cfg.domain, cfg.bounces.verp_delimiters[0])
-        lst = db.execute(FIND_LIST, (rcpt.list_name,)).fetchone() if rcpt else None
+        lst = members.find_list(db, rcpt.list_name) if rcpt else None
         if rcpt and lst is None:
             refusal = f"550 5.1.1 <{address}>: no such list"
         if refusal or lst is None or rcpt is None:
@@ -86,55 +88,62 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
             continue
         if rcpt.kind in (BOUNCES, REQUEST, OWNER):  # one row per address, however often it was named
             if address.lower() in handled:
-                replies.append(f"250 2.0.0 <{address}> {post.queue_id} already accepted")
+                replies.append(f"250 2.0.0 <{address}> {arrival.queue_id} already accepted")
                 continue
             handled.add(address.lower())
         if rcpt.kind == BOUNCES:
-            _store_bounce(db, post, address, lst["name"], rcpt.extension)
-            replies.append(f"250 2.0.0 <{address}> {post.queue_id} bounce stored")
+            bounces.insert_bounce(
+                db,
+                arrival.queue_id,
+                lst.name,
+                address,
+                rcpt.extension,
+                arrival.mail_from,
+                arrival.raw,
+                arrival.arrived_at,
+            )
+            replies.append(f"250 2.0.0 <{address}> {arrival.queue_id} bounce stored")
             continue
         if rcpt.kind in (REQUEST, OWNER):  # until mail commands exist, the owner reads them
             forward = queue.new_queue_id()
-            queue.enqueue_report(db, forward, lst["name"], forwarded(post.raw, address), post.arrived_at, cfg)
+            queue.enqueue_forward(db, forward, lst.name, forwarded(arrival.raw, address), arrival.arrived_at, cfg)
             queued += 1
-            replies.append(f"250 2.0.0 <{address}> {post.queue_id} forwarded to the list owner as {forward}")
+            replies.append(f"250 2.0.0 <{address}> {arrival.queue_id} forwarded to the list owner as {forward}")
             continue
         if author is None:
-            replies.append(f"550 5.6.0 {post.headers.from_problem}")
+            replies.append(f"550 5.6.0 {arrival.headers.from_problem}")
             continue
-        if lst["name"] in accepted:  # the same list twice: one post
-            replies.append(f"250 2.0.0 <{address}> {post.queue_id} already accepted")
+        if lst.name in accepted:  # the same list twice: one post
+            replies.append(f"250 2.0.0 <{address}> {arrival.queue_id} already accepted")
             continue
-        reason = drop_reason(post.headers, lst["name"], cfg.domain, cfg.limits.max_received)
+        reason = drop_reason(arrival.headers, lst.name, cfg.domain, cfg.limits.max_received)
         if reason:  # accepted, so nothing bounces, but not posted: recorded with the reason
-            log.warning("%s: not posted to %s: %s", post.queue_id, address, reason)
-            if message_id is None:
-                message_id = _store_message(db, post, author)
-            _store_post(db, post, message_id, member, lst, cfg, dropped=reason)
-            accepted.add(lst["name"])
-            replies.append(f"250 2.0.0 <{address}> {post.queue_id} accepted, not posted: {reason}")
+            log.warning("%s: not posted to %s: %s", arrival.queue_id, address, reason)
+            if msg_id is None:
+                msg_id = _store_message(db, arrival, author)
+            _store_post(db, arrival, msg_id, member, lst, cfg, dropped=reason)
+            accepted.add(lst.name)
+            replies.append(f"250 2.0.0 <{address}> {arrival.queue_id} accepted, not posted: {reason}")
             continue
-        if lst["name"] in post.auth_refusals:
-            replies.append(post.auth_refusals[lst["name"]])
+        if lst.name in arrival.auth_refusals:
+            replies.append(arrival.auth_refusals[lst.name])
             continue
-        db.execute("SAVEPOINT rcpt")
-        stored_message = message_id is None
+        stored_message = msg_id is None
         try:
-            reply = _check_poster(db, member, author, lst, cfg, day)
-            if not reply:
-                if message_id is None:
-                    message_id = _store_message(db, post, author)
-                _store_post(db, post, message_id, member, lst, cfg)
-                queued += 1
-                accepted.add(lst["name"])
-                reply = f"250 2.0.0 <{address}> {post.queue_id} accepted"
+            with savepoint(db, "rcpt"):
+                reply = _check_poster(db, member, author, lst, cfg, day)
+                if not reply:
+                    if msg_id is None:
+                        msg_id = _store_message(db, arrival, author)
+                    _store_post(db, arrival, msg_id, member, lst, cfg)
+                    queued += 1
+                    accepted.add(lst.name)
+                    reply = f"250 2.0.0 <{address}> {arrival.queue_id} accepted"
         except Exception:
-            log.exception("%s: storing the post to %s failed", post.queue_id, lst["name"])
-            db.execute("ROLLBACK TO rcpt")
+            log.exception("%s: storing the post to %s failed", arrival.queue_id, lst.name)
             if stored_message:
-                message_id = None
+                msg_id = None
             reply = TEMPFAIL
-        db.execute("RELEASE rcpt")
         replies.append(reply)
     # Encoded here, inside the transaction: a reply that could not be sent would
     # otherwise turn a committed post into a 451, and every retry into a duplicate.
@@ -144,72 +153,48 @@ def accept(db: sqlite3.Connection, post: Post, cfg: Config) -> tuple[list[str], 
     return replies, queued
 
 
-def _store_bounce(db: sqlite3.Connection, post: Post, address: str, list_name: str, extension: str) -> None:
-    """Keep it raw for ``lmtpd bounces process``; nothing else happens inline."""
-    db.execute(
-        "INSERT INTO bounces (queue_id, list_name, recipient, extension, mail_from, size, raw, arrived_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (post.queue_id, list_name, address, extension, post.mail_from, len(post.raw), post.raw, post.arrived_at),
+def _store_message(db: sqlite3.Connection, arrival: Arrival, author: str) -> int:
+    h = arrival.headers
+    return posts.insert_message(
+        db,
+        arrival.queue_id,
+        arrival.mail_from,
+        author,
+        h.message_id,
+        h.subject,
+        arrival.raw,
+        arrival.arrived_at,
+        arrival.auth,
     )
-
-
-def _store_message(db: sqlite3.Connection, post: Post, author: str) -> int:
-    cur = db.execute(
-        """
-        INSERT INTO messages (queue_id, mail_from, author, message_id, subject, size, raw, arrived_at, auth)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-        """,
-        (
-            post.queue_id,
-            post.mail_from,
-            author,
-            post.headers.message_id,
-            post.headers.subject,
-            len(post.raw),
-            post.raw,
-            post.arrived_at,
-            post.auth,
-        ),
-    )
-    assert cur.lastrowid is not None
-    return cur.lastrowid
 
 
 def _store_post(
     db: sqlite3.Connection,
-    post: Post,
-    message_id: int,
-    member: sqlite3.Row | None,
-    lst: sqlite3.Row,
+    arrival: Arrival,
+    msg_id: int,
+    member: Member | None,
+    lst: MailingList,
     cfg: Config,
     dropped: str = "",
 ) -> None:
     """The post row for one list, and (unless dropped) one queued copy per active member."""
-    cur = db.execute(
-        """
-        INSERT INTO posts (message_id, list_id, list_name, member_id, sender, accepted_at, headers, dropped)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-        """,
-        (
-            message_id, lst["id"], lst["name"], member["id"] if member else None,
-            f"{lst['name']}-bounces@{cfg.domain}", post.arrived_at,
-            post.copy_headers.get(lst["name"]) or copy_headers(split_message(post.raw)[0], style(lst, cfg), False),
-            dropped,
-        ),
+    headers = arrival.copy_headers.get(lst.name) or copy_headers(split_message(arrival.raw)[0], style(lst, cfg), False)
+    post_id = posts.insert_post(
+        db, msg_id, lst.name, f"{lst.name}-bounces@{cfg.domain}", arrival.arrived_at,
+        list_id=lst.id, member_id=member.id if member else None, headers=headers, dropped=dropped,
     )  # fmt: skip
-    assert cur.lastrowid is not None
     if not dropped:
-        queue.enqueue_post(db, cur.lastrowid, lst["id"], post.arrived_at)
+        enqueue_post(db, post_id, lst.id, arrival.arrived_at)
 
 
-def style(lst: sqlite3.Row, cfg: Config) -> ListStyle:
+def style(lst: MailingList, cfg: Config) -> ListStyle:
     return ListStyle(
-        name=lst["name"],
+        name=lst.name,
         domain=cfg.domain,
-        description=lst["description"],
-        prefix=lst["subject_prefix"],
-        reply_to=lst["reply_to"],
-        archive=lst["archive_url"],
+        description=lst.description,
+        prefix=lst.subject_prefix,
+        reply_to=lst.reply_to,
+        archive=lst.archive_url,
         owner=cfg.admin,
     )
 
@@ -220,31 +205,17 @@ def forwarded(raw: bytes, address: str) -> bytes:
 
 
 def _check_poster(
-    db: sqlite3.Connection,
-    member: sqlite3.Row | None,
-    author: str,
-    lst: sqlite3.Row,
-    cfg: Config,
-    day: str,
+    db: sqlite3.Connection, member: Member | None, author: str, lst: MailingList, cfg: Config, day: str
 ) -> str:
     """Empty if ``author`` may post to ``lst`` now (and count the post), else the refusal."""
-    refusal = poster_refusal(author, cfg.domain, lst, member, lambda: in_list(db, lst["id"], member["id"]))
+    refusal = poster_refusal(author, cfg.domain, lst, member, lambda: members.in_list(db, lst.id, member.id))
     if refusal:
         return refusal
     assert member is not None
     limit = daily_limit(lst, cfg.limits.posts_per_day)
-    counted = None
-    if limit > 0:  # count and check in one statement: concurrent posts cannot overshoot
-        counted = db.execute(
-            """
-            INSERT INTO quota_use (member_id, list_id, day, posts) VALUES (?, ?, ?, 1)
-            ON CONFLICT (member_id, list_id, day) DO UPDATE SET posts = posts + 1
-             WHERE quota_use.posts < ?
-            RETURNING posts
-            """,
-            (member["id"], lst["id"], day, limit),
-        ).fetchone()
-    return limit_refusal(lst["name"], limit) if counted is None else ""
+    if limit <= 0 or not members.count_post(db, member.id, lst.id, day, limit):  # 0: nobody may post
+        return limit_refusal(lst.name, limit)
+    return ""
 
 
 class IngestHandler(HooksOnly):
@@ -262,6 +233,8 @@ class IngestHandler(HooksOnly):
         checker: auth.Checker | None = None,
         signer: Signer | None = None,
     ):
+        if not writer.runs(FANOUT):  # its jobs would fail: better now than at every post
+            raise ValueError("ingest needs a Writer built with work=FANOUT, or posts get no copies")
         self.cfg = cfg
         self.checker = checker
         self.signer = signer
@@ -294,7 +267,7 @@ class IngestHandler(HooksOnly):
                 f"(bounces go to {rcpt.list_name}-bounces@{self.cfg.domain})"
             )
         try:  # an indexed read in WAL mode: microseconds, never waits for writers
-            lst = self.reader.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
+            lst = members.find_list(self.reader, rcpt.list_name)
         except sqlite3.Error:
             log.exception("list lookup failed for <%s>", address)
             return TEMPFAIL
@@ -322,9 +295,9 @@ class IngestHandler(HooksOnly):
         raw, trusted = auth.trusted_results(raw, self.cfg.auth.authserv_id, self.cfg.hostname)
         lists = self._post_lists(rcpts)
         summary, refusals = await self.authenticate(raw, mail_from, headers, lists, trusted)
-        copies = await self.prepare_copies(raw, headers, [lst for lst in lists if lst["name"] not in refusals])
-        post = Post(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals, copies)
-        replies, queued = await self.writer.submit(lambda db: accept(db, post, self.cfg))
+        copies = await self.prepare_copies(raw, headers, [lst for lst in lists if lst.name not in refusals])
+        arrival = Arrival(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals, copies)
+        replies, queued = await self.writer.submit(lambda db: accept(db, arrival, self.cfg))
         for rcpt, reply in zip(rcpts, replies, strict=False):
             log.info(
                 "%s: from=<%s>, author=<%s>, to=<%s>, size=%d, message-id=%s: %s",
@@ -337,22 +310,22 @@ class IngestHandler(HooksOnly):
                 log.exception("%s: could not wake the delivery worker", queue_id)
         return replies
 
-    def _post_lists(self, rcpts: list[str]) -> list[sqlite3.Row]:
+    def _post_lists(self, rcpts: list[str]) -> list[MailingList]:
         """The lists this message is posted to (not bounces or requests), once each."""
-        found: dict[str, sqlite3.Row] = {}
+        found: dict[str, MailingList] = {}
         for address in rcpts:
             rcpt, _ = parse_recipient(address, self.cfg.domain, self.cfg.bounces.verp_delimiters[0])
             if rcpt and rcpt.kind == POST and rcpt.list_name not in found:
-                lst = self.reader.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
+                lst = members.find_list(self.reader, rcpt.list_name)
                 if lst is not None:
                     found[rcpt.list_name] = lst
         return list(found.values())
 
     async def authenticate(
-        self, raw: bytes, mail_from: str, headers: HeaderInfo, lists: list[sqlite3.Row], trusted: list[str]
+        self, raw: bytes, mail_from: str, headers: HeaderInfo, lists: list[MailingList], trusted: list[str]
     ) -> tuple[str, dict[str, str]]:
         """(what the checks found, the refusal for each list whose requirement the post misses)."""
-        modes = {lst["name"]: lst["auth_require"] or self.cfg.auth.require for lst in lists}
+        modes = {lst.name: lst.auth_require or self.cfg.auth.require for lst in lists}
         if headers.author is None or all(mode == "none" for mode in modes.values()):
             return "", {}
         domain = headers.author.rpartition("@")[2]
@@ -379,7 +352,7 @@ class IngestHandler(HooksOnly):
             return answer
         return await asyncio.to_thread(self.checker.dmarc_enforced, domain)
 
-    async def prepare_copies(self, raw: bytes, headers: HeaderInfo, lists: list[sqlite3.Row]) -> dict[str, bytes]:
+    async def prepare_copies(self, raw: bytes, headers: HeaderInfo, lists: list[MailingList]) -> dict[str, bytes]:
         """Each list's copy header block: rewritten once per post, DKIM-signed if configured.
 
         From is rewritten to the list (DMARC mitigation) when the list says ``always``,
@@ -391,13 +364,13 @@ class IngestHandler(HooksOnly):
         block, body = split_message(raw)
         domain = headers.author.rpartition("@")[2]
         enforced: bool | None = False
-        if any(lst["dmarc_mitigation"] == "auto" for lst in lists):
+        if any(lst.dmarc_mitigation == "auto" for lst in lists):
             enforced = await self._dmarc_enforced(domain)
         result = {}
         for lst in lists:
-            mode = lst["dmarc_mitigation"]
+            mode = lst.dmarc_mitigation
             mitigate = mode == "always" or (mode == "auto" and enforced is not False)
-            result[lst["name"]] = copy_headers(block, style(lst, self.cfg), mitigate)
+            result[lst.name] = copy_headers(block, style(lst, self.cfg), mitigate)
         if self.signer is not None:
             signed = await asyncio.to_thread(lambda: {n: self.signer.sign(h, body) for n, h in result.items()})
             result = signed

@@ -31,6 +31,9 @@ below disappears):
 ``SMTP.data_received()``
     the session timeout: restarted by each chunk of a message, never firing while
     the DATA hook decides and commits.
+``StreamReaderProtocol._closed``
+    asyncio's future for the end of a connection: its error is read on
+    ``connection_lost`` so that a client gone early logs no traceback.
 ``SMTP.push(status)``
     every reply goes through it; overridden to fan out the DATA reply and add
     enhanced codes. It must see the 354 before the replies after DATA, which is
@@ -167,6 +170,13 @@ class LMTPServer(HooksOnly, LMTP):
         if self._sessions is not None:
             self._sessions.discard(self)
         super().connection_lost(error)
+        # A client gone before its greeting was written (BrokenPipeError) leaves the
+        # error in asyncio's "closed" future (StreamReaderProtocol._closed), which
+        # nobody awaits; asyncio logs it with a traceback whenever the garbage
+        # collector happens to free it first.
+        closed: asyncio.Future[None] | None = getattr(self, "_closed", None)
+        if closed is not None and closed.done() and not closed.cancelled():
+            closed.exception()
 
     @property
     def busy(self) -> bool:

@@ -26,7 +26,8 @@ from .config import Config
 from .headers import printable
 from .lists import POST, daily_limit, limit_refusal, parse_recipient, poster_refusal
 from .lmtp import TEMPFAIL
-from .store import FIND_LIST, FIND_MEMBER, in_list, normalize_address, posts_today
+from .store import members
+from .store.members import normalize_address
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     rcpt, refusal = parse_recipient(recipient, cfg.domain, cfg.bounces.verp_delimiters[0])
     if rcpt is None or recipient.lower() == cfg.admin.lower():
         return DUNNO  # not ours (or the administrator's): Postfix's own rules decide
-    lst = db.execute(FIND_LIST, (rcpt.list_name,)).fetchone()
+    lst = members.find_list(db, rcpt.list_name)
     if lst is None:
         return f"550 5.1.1 <{recipient}>: no such list"
     if rcpt.kind != POST:
@@ -57,14 +58,15 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     try:
         author = normalize_address(sender)
     except ValueError:
-        return f"550 5.7.1 <{sender}> may not post to {lst['name']}"
-    member = db.execute(FIND_MEMBER, (author,)).fetchone()
-    refusal = poster_refusal(author, cfg.domain, lst, member, lambda: in_list(db, lst["id"], member["id"]))
+        return f"550 5.7.1 <{sender}> may not post to {lst.name}"
+    member = members.find_member(db, author)
+    refusal = poster_refusal(author, cfg.domain, lst, member, lambda: members.in_list(db, lst.id, member.id))
     if refusal:
         return refusal
     limit = daily_limit(lst, cfg.limits.posts_per_day)
-    if posts_today(db, member["id"], lst["id"], date.fromtimestamp(now).isoformat()) >= limit:
-        return limit_refusal(lst["name"], limit)
+    assert member is not None
+    if members.posts_today(db, member.id, lst.id, date.fromtimestamp(now).isoformat()) >= limit:
+        return limit_refusal(lst.name, limit)
     return DUNNO
 
 

@@ -1,4 +1,6 @@
-"""The outbound queue: enqueue copies, claim due ones under a lease, record results.
+"""The outbound queue: claim due copies under a lease, record results, queue reports.
+
+The SQL is in :mod:`lmtpd.store.outbound`; here are the rules around it.
 
 Claiming is one UPDATE ... RETURNING, so two processes (``serve`` and a
 ``queue flush`` from cron) never take the same row. A claimed row carries a lease
@@ -21,23 +23,16 @@ from . import dsn
 from .config import Config, QueueConfig
 from .dsn import status_of
 from .lists import read_headers, split_message, verp_sender
-from .store import BatchWork
-
-SENT, PENDING, FAILED, HELD = "sent", "pending", "failed", "held"
-
-# "the deliveries of the message with queue id ?", for a WHERE clause on deliveries
-OF_MESSAGE = "post_id IN (SELECT p.id FROM posts p JOIN messages m ON m.id = p.message_id WHERE m.queue_id = ?)"
-# the recipient's domain, after the last "@", as Delivery.domain: rtrim strips every
-# character but "@" from the right, so its length is the position of the last "@"
-DOMAIN_OF_RECIPIENT = "lower(substr(recipient, length(rtrim(recipient, replace(recipient, '@', ''))) + 1))"
-RENEW_CHUNK = 500  # ids per statement, far below SQLite's limit on parameters
+from .store import outbound, posts
+from .store.outbound import FAILED, HELD, PENDING, SENT  # noqa: F401  (the copies' states, shown by cli)
+from .store.posts import PostKind
 
 
 @dataclass(frozen=True)
 class Delivery:
     """A claimed copy, with everything needed to send it."""
 
-    id: int
+    id: int  # the copy's row id (deliveries.id)
     queue_id: str
     post_id: int
     recipient: str
@@ -105,83 +100,12 @@ def isotime(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# ------------------------------------------------------------------ database
-
-
-FANOUT = BatchWork(
-    setup=(
-        "CREATE TEMP TABLE IF NOT EXISTS fanout"
-        " (post_id INTEGER PRIMARY KEY, list_id INTEGER NOT NULL, at REAL NOT NULL)",
-    ),
-    statements=(
-        # CROSS JOIN: start from the few noted posts, never from all memberships
-        """
-        INSERT INTO deliveries (post_id, member_id, recipient, created_at, next_attempt_at)
-        SELECT f.post_id, m.id, m.address, f.at, f.at
-          FROM temp.fanout f
-               CROSS JOIN memberships ms ON ms.list_id = f.list_id
-               JOIN members m ON m.id = ms.member_id
-         WHERE m.active = 1 AND m.delivery_disabled_at IS NULL
-         ORDER BY f.post_id, m.address
-        """,
-        "DELETE FROM temp.fanout",
-    ),
-)
-
-
-def enqueue_post(db: sqlite3.Connection, post_id: int, list_id: int, now: float) -> None:
-    """Queue one copy per active member of the list, in this transaction.
-
-    Only noted here: the rows are written by :data:`FANOUT` just before the batch
-    commits, one statement for the whole batch, off the event loop. So ``db`` must
-    be a :class:`~lmtpd.store.Writer` job's connection of a writer given
-    ``work=FANOUT``; anywhere else the TEMP table is missing and the job fails
-    (and the post is refused for now) rather than being accepted without copies.
-    """
-    db.execute("INSERT INTO temp.fanout (post_id, list_id, at) VALUES (?, ?, ?)", (post_id, list_id, now))
+# ----------------------------------------------------------- with the store
 
 
 def release_dead_leases(db: sqlite3.Connection) -> int:
-    """Make rows claimed by processes that no longer exist claimable again."""
-    rows = db.execute(
-        "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL AND state = ?",
-        (PENDING,),
-    ).fetchall()
-    released = 0
-    for row in rows:
-        if not owner_alive(row[0]):
-            cur = db.execute(
-                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
-                (row[0],),
-            )
-            released += cur.rowcount
-    return released
-
-
-def release_leases(db: sqlite3.Connection, owner: str) -> None:
-    """Give back rows this process claimed but did not attempt."""
-    db.execute("UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?", (owner,))
-
-
-def renew_leases(db: sqlite3.Connection, owner: str, ids: list[int], until: float) -> set[int]:
-    """Extend ``owner``'s leases on the copies ``ids``; return the ids still leased to it.
-
-    Only the copies a worker is still working on: one whose outcome could not be
-    recorded is not renewed, so its lease runs out and it is attempted again.
-    """
-    kept: set[int] = set()
-    for i in range(0, len(ids), RENEW_CHUNK):
-        chunk = ids[i : i + RENEW_CHUNK]
-        rows = db.execute(
-            f"""
-            UPDATE deliveries SET lease_until = ?
-             WHERE lease_owner = ? AND state = 'pending' AND id IN ({",".join("?" * len(chunk))})
-            RETURNING id
-            """,
-            (until, owner, *chunk),
-        ).fetchall()
-        kept.update(r[0] for r in rows)
-    return kept
+    """Make copies claimed by processes that no longer exist claimable again."""
+    return outbound.release_dead_leases(db, owner_alive)
 
 
 def claim(
@@ -200,55 +124,20 @@ def claim(
     ``skip_domains``: recipient domains whose copies stay where they are (the worker
     already holds as many as it can use), so the others are not crowded out.
     """
-    only = ""
-    params: tuple = (owner, now + lease, now, now)
-    if queue_id is not None:
-        only = f"AND {OF_MESSAGE}"
-        params += (queue_id,)
-    if skip_domains:
-        only += f" AND {DOMAIN_OF_RECIPIENT} NOT IN ({','.join('?' * len(skip_domains))})"
-        params += tuple(skip_domains)
-    rows = db.execute(
-        f"""
-        UPDATE deliveries SET lease_owner = ?, lease_until = ?
-         WHERE id IN (
-            SELECT id FROM deliveries
-             WHERE state = 'pending' AND next_attempt_at <= ?
-               AND (lease_until IS NULL OR lease_until < ?) {only}
-             ORDER BY next_attempt_at, id LIMIT ?)
-        RETURNING id, post_id, recipient, attempts, created_at
-        """,
-        (*params, limit),
-    ).fetchall()
-    if not rows:
-        return [], {}
-    post_ids = sorted({r["post_id"] for r in rows})
-    marks = ",".join("?" * len(post_ids))
-    posts = db.execute(
-        f"""
-        SELECT p.id, p.sender, p.headers, p.list_name, p.kind, m.raw, m.queue_id
-          FROM posts p JOIN messages m ON m.id = p.message_id
-         WHERE p.id IN ({marks})
-        """,
-        post_ids,
-    ).fetchall()
-    by_post = {p["id"]: p for p in posts}
+    rows, posts = outbound.claim(db, owner, now, lease, limit, queue_id, skip_domains)
     deliveries = [
         Delivery(
-            id=r["id"],
-            queue_id=by_post[r["post_id"]]["queue_id"],
-            post_id=r["post_id"],
-            recipient=r["recipient"],
-            sender=verp_sender(by_post[r["post_id"]]["sender"], r["recipient"], verp)
-            if verp
-            else by_post[r["post_id"]]["sender"],
-            attempts=r["attempts"],
-            created_at=r["created_at"],
+            id=copy_id,
+            queue_id=posts[post_id].queue_id,
+            post_id=post_id,
+            recipient=recipient,
+            sender=verp_sender(posts[post_id].sender, recipient, verp) if verp else posts[post_id].sender,
+            attempts=attempts,
+            created_at=created_at,
         )
-        for r in sorted(rows, key=lambda r: r["id"])
+        for copy_id, post_id, recipient, attempts, created_at in rows
     ]
-    copies = {p["id"]: copy_of(bytes(p["raw"]), p["headers"]) for p in posts}
-    return deliveries, copies
+    return deliveries, {p.post_id: copy_of(p.raw, p.headers) for p in posts.values()}
 
 
 def copy_of(raw: bytes, headers: bytes | None) -> bytes:
@@ -288,16 +177,7 @@ def record(
     for a in attempts:
         state, next_at, status = next_state(a, now, cfg.queue, rng)
         rows.append((state, next_at, now, a.reply[:2000], a.remote, a.tls, status, a.delivery.id))
-    db.executemany(
-        """
-        UPDATE deliveries
-           SET state = ?, next_attempt_at = ?, last_attempt_at = ?, last_reply = ?,
-               remote_mta = ?, tls = ?, status = ?,
-               attempts = attempts + 1, lease_owner = NULL, lease_until = NULL
-         WHERE id = ?
-        """,
-        rows,
-    )
+    outbound.record_attempts(db, rows)
     for post_id in sorted({a.delivery.post_id for a in attempts}):
         report_if_due(db, post_id, now, cfg)
     return [row[0] for row in rows]
@@ -310,61 +190,50 @@ def report_if_due(db: sqlite3.Connection, post_id: int, now: float, cfg: Config)
     """Queue the administrator's report for a post once it is due; return its queue id.
 
     A failure report when the post's last copy is final and some failed; a delay
-    warning (if configured) once copies have waited that long. Never about a
-    report: those are lmtpd's own mail.
+    warning (if configured) once copies have waited that long. Only about list
+    posts: never a report about a report or a forward, lmtpd's own mail.
     """
-    unfinished = db.execute(  # EXISTS stops at the first row: cheap even for a 10,000-member list
-        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE post_id = ? AND state IN ('pending', 'held'))", (post_id,)
-    ).fetchone()[0]
+    unfinished = outbound.unfinished(db, post_id)
     if unfinished and not cfg.queue.delay_warning:
         return None  # the common case, answered from the index alone
-    post = db.execute(
-        """
-        SELECT p.*, m.queue_id, m.raw, m.arrived_at FROM posts p JOIN messages m ON m.id = p.message_id
-         WHERE p.id = ?
-        """,
-        (post_id,),
-    ).fetchone()
-    if post is None or post["kind"] != "list":
+    post = posts.reported_post(db, post_id)
+    if post is None or post.kind != PostKind.LIST:
         return None
-    if not unfinished and post["reported_at"] is None:
-        action, column = "failed", "reported_at"
-        chosen = db.execute("SELECT * FROM deliveries WHERE post_id = ? AND state = 'failed'", (post_id,)).fetchall()
-    elif unfinished and post["warned_at"] is None:
-        action, column = "delayed", "warned_at"
-        chosen = db.execute(
-            "SELECT * FROM deliveries WHERE post_id = ? AND state = 'pending' AND attempts > 0 AND created_at <= ?",
-            (post_id, now - cfg.queue.delay_warning),
-        ).fetchall()
+    if not unfinished and post.reported_at is None:
+        action = "failed"
+        chosen = outbound.failed_copies(db, post_id)
+    elif unfinished and post.warned_at is None:
+        action = "delayed"
+        chosen = outbound.delayed_copies(db, post_id, now - cfg.queue.delay_warning)
     else:
         return None
     if not chosen:
         return None
     failures = [
         dsn.Failure(
-            recipient=r["recipient"],
-            reply=r["last_reply"],
-            status=r["status"] or dsn.status_of(r["last_reply"], action == "failed"),
-            remote_mta=r["remote_mta"],
-            last_attempt=r["last_attempt_at"] or now,
+            recipient=c.recipient,
+            reply=c.last_reply,
+            status=c.status or dsn.status_of(c.last_reply, action == "failed"),
+            remote_mta=c.remote_mta,
+            last_attempt=c.last_attempt_at or now,
         )
-        for r in chosen
+        for c in chosen
     ]
     queue_id = new_queue_id()
     report = dsn.build_report(
         domain=cfg.domain,
         reporting_mta=cfg.hostname,
         admin=cfg.admin,
-        list_name=post["list_name"],
-        queue_id=post["queue_id"],
-        arrival=post["arrived_at"],
-        original_headers=split_message(bytes(post["raw"]))[0],
+        list_name=post.list_name,
+        queue_id=post.queue_id,
+        arrival=post.arrived_at,
+        original_headers=split_message(post.raw)[0],
         failures=failures,
         now=now,
         action=action,
     )
-    enqueue_report(db, queue_id, post["list_name"], report, now, cfg)
-    db.execute(f"UPDATE posts SET {column} = ? WHERE id = ?", (now, post_id))
+    enqueue_report(db, queue_id, post.list_name, report, now, cfg)
+    posts.mark_reported(db, post_id, now, warning=action == "delayed")
     return queue_id
 
 
@@ -372,39 +241,22 @@ def enqueue_report(
     db: sqlite3.Connection, queue_id: str, list_name: str, report: bytes, now: float, cfg: Config
 ) -> None:
     """A report is mail like any other: a message, a post of kind 'report', one copy."""
-    sender = f"MAILER-DAEMON@{cfg.domain}"
-    subject = read_headers(report).subject
-    cur = db.execute(
-        "INSERT INTO messages (queue_id, mail_from, author, subject, size, raw, arrived_at) "
-        "VALUES (?, '', ?, ?, ?, ?, ?)",
-        (queue_id, sender, subject, len(report), report, now),
-    )
-    cur = db.execute(
-        "INSERT INTO posts (message_id, list_name, sender, accepted_at, kind) VALUES (?, ?, '', ?, 'report')",
-        (cur.lastrowid, list_name, now),
-    )
-    db.execute(
-        "INSERT INTO deliveries (post_id, recipient, created_at, next_attempt_at) VALUES (?, ?, ?, ?)",
-        (cur.lastrowid, cfg.admin, now, now),
-    )
+    _to_admin(db, PostKind.REPORT, queue_id, list_name, report, now, cfg)
 
 
-def make_all_due(db: sqlite3.Connection, now: float, queue_id: str | None = None) -> int:
-    """For a flush: every pending, unleased copy (of one message, if given) is due now."""
-    sql = (
-        "UPDATE deliveries SET next_attempt_at = ? "
-        "WHERE state = 'pending' AND next_attempt_at > ? AND lease_owner IS NULL"
+def enqueue_forward(db: sqlite3.Connection, queue_id: str, list_name: str, raw: bytes, now: float, cfg: Config) -> None:
+    """Mail to a -request or -owner address, passed on: one copy to the administrator.
+
+    Stored as kind 'report' (see :class:`~lmtpd.store.posts.PostKind`), so, like a
+    report, it is never reported on.
+    """
+    _to_admin(db, PostKind.REPORT, queue_id, list_name, raw, now, cfg)
+
+
+def _to_admin(
+    db: sqlite3.Connection, kind: PostKind, queue_id: str, list_name: str, raw: bytes, now: float, cfg: Config
+) -> None:
+    subject = read_headers(raw).subject
+    outbound.enqueue_to_admin(
+        db, kind, queue_id, list_name, raw, subject, f"MAILER-DAEMON@{cfg.domain}", cfg.admin, now
     )
-    params: tuple = (now, now)
-    if queue_id is not None:
-        sql += f" AND {OF_MESSAGE}"
-        params += (queue_id,)
-    return db.execute(sql, params).rowcount
-
-
-def next_due(db: sqlite3.Connection) -> float | None:
-    """When the earliest pending copy becomes due (leased ones included)."""
-    row = db.execute(
-        "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries WHERE state = 'pending'"
-    ).fetchone()
-    return row[0] if row else None

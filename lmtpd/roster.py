@@ -9,14 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import re
-import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import aiosqlite
 
 from . import headers
 from .queue import isotime
-from .store import fetchall, fetchone, find_list, find_member, normalize_address
+from .store import members as db_members
+from .store.members import normalize_address
 
 _LIST_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _RESERVED_SUFFIXES = ("-bounces", "-request", "-owner")
@@ -70,36 +70,18 @@ async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: Li
     reply_to = settings.reply_to
     if reply_to not in ("poster", "list"):
         reply_to = check_address(reply_to)
-    if await find_list(db, name):
+    if await db_members.get_list(db, name) is not None:
         raise RosterError(f"list {name} exists already")
-    await db.execute(
-        "INSERT INTO lists (name, description, posters, posts_per_day, created_at, auth_require, subject_prefix, "
-        "reply_to, dmarc_mitigation, archive_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            name, settings.description, settings.posters, settings.posts_per_day, now, settings.auth_require,
-            settings.subject_prefix, reply_to, settings.dmarc_mitigation, settings.archive_url,
-        ),
-    )  # fmt: skip
+    await db_members.insert_list(db, name, now, asdict(settings) | {"reply_to": reply_to})
 
 
 async def remove_list(db: aiosqlite.Connection, name: str) -> None:
-    cur = await db.execute("DELETE FROM lists WHERE name = ?", (name.strip().lower(),))
-    if cur.rowcount == 0:
+    if not await db_members.delete_list(db, name.strip().lower()):
         raise RosterError(f"no such list: {name}")
 
 
 async def all_lists(db: aiosqlite.Connection) -> list[dict]:
-    rows = await fetchall(
-        db,
-        """
-        SELECT l.name, l.description, l.posters, l.posts_per_day, l.auth_require, l.subject_prefix, l.reply_to,
-               l.dmarc_mitigation, l.archive_url,
-               (SELECT count(*) FROM memberships ms JOIN members m ON m.id = ms.member_id
-                 WHERE ms.list_id = l.id AND m.active = 1) AS members
-          FROM lists l ORDER BY l.name
-        """,
-    )
-    return [dict(r) for r in rows]
+    return await db_members.list_overview(db)
 
 
 # ------------------------------------------------------------------ members
@@ -108,10 +90,10 @@ async def all_lists(db: aiosqlite.Connection) -> list[dict]:
 async def _list_ids(db: aiosqlite.Connection, names: list[str]) -> dict[str, int]:
     ids = {}
     for name in names:
-        row = await find_list(db, name)
-        if row is None:
+        lst = await db_members.get_list(db, name)
+        if lst is None:
             raise RosterError(f"no such list: {name}")
-        ids[row["name"]] = row["id"]
+        ids[lst.name] = lst.id
     return ids
 
 
@@ -142,70 +124,44 @@ async def add_member(
     check_not_ours(address, club_domain)
     check_name("a member's name", name)
     ids = await _list_ids(db, lists)
-    member = await find_member(db, address)
+    member = await db_members.get_member(db, address)
     created = member is None
     if member is None:
-        cur = await db.execute("INSERT INTO members (address, name, created_at) VALUES (?, ?, ?)", (address, name, now))
-        member_id = cur.lastrowid
+        member_id = await db_members.insert_member(db, address, name, now)
     else:
-        member_id = member["id"]
-        if name and name != member["name"]:
-            await db.execute("UPDATE members SET name = ? WHERE id = ?", (name, member_id))
-    added = []
-    for list_name, list_id in ids.items():
-        cur = await db.execute(
-            "INSERT OR IGNORE INTO memberships (list_id, member_id) VALUES (?, ?)", (list_id, member_id)
-        )
-        if cur.rowcount:
-            added.append(list_name)
+        member_id = member.id
+        if name and name != member.name:
+            await db_members.rename_member(db, member_id, name)
+    added = [n for n, list_id in ids.items() if await db_members.subscribe(db, list_id, member_id)]
     return created, added
 
 
 async def remove_member(db: aiosqlite.Connection, address: str, lists: list[str]) -> None:
     """Remove from ``lists``, or from the club altogether when no list is named."""
-    member = await find_member(db, normalize_address(address))
+    member = await db_members.get_member(db, normalize_address(address))
     if member is None:
         raise RosterError(f"no such member: {address}")
     if not lists:
-        await db.execute("DELETE FROM members WHERE id = ?", (member["id"],))
+        await db_members.delete_member(db, member.id)
         return
     for list_name, list_id in (await _list_ids(db, lists)).items():
-        cur = await db.execute("DELETE FROM memberships WHERE list_id = ? AND member_id = ?", (list_id, member["id"]))
-        if cur.rowcount == 0:
+        if not await db_members.unsubscribe(db, list_id, member.id):
             raise RosterError(f"{address} is not a member of {list_name}")
 
 
 async def enable_member(db: aiosqlite.Connection, address: str) -> None:
     """Send to the member again, with a clean bounce score."""
-    cur = await db.execute(
-        "UPDATE members SET delivery_disabled_at = NULL, disabled_reason = '', bounce_score = 0, "
-        "last_bounce_day = NULL, last_bounce_at = NULL, disabled_reported = 0 WHERE address = ?",
-        (normalize_address(address),),
-    )
-    if cur.rowcount == 0:
+    if not await db_members.enable_member(db, normalize_address(address)):
         raise RosterError(f"no such member: {address}")
 
 
 async def members(db: aiosqlite.Connection, list_name: str | None = None) -> list[dict]:
-    params: tuple = ()
-    where = ""
+    list_id = None
     if list_name:
-        lst = await find_list(db, list_name)
+        lst = await db_members.get_list(db, list_name)
         if lst is None:
             raise RosterError(f"no such list: {list_name}")
-        where = "WHERE m.id IN (SELECT member_id FROM memberships WHERE list_id = ?)"
-        params = (lst["id"],)
-    rows = await fetchall(
-        db,
-        f"""
-        SELECT m.address, m.name, m.active, m.bounce_score, m.delivery_disabled_at, m.disabled_reason,
-               coalesce((SELECT group_concat(name, ' ') FROM (
-                   SELECT l.name FROM memberships ms JOIN lists l ON l.id = ms.list_id
-                    WHERE ms.member_id = m.id ORDER BY l.name)), '') AS lists
-          FROM members m {where} ORDER BY m.address
-        """,
-        params,
-    )
+        list_id = lst.id
     return [
         {
             "address": r["address"],
@@ -216,7 +172,7 @@ async def members(db: aiosqlite.Connection, list_name: str | None = None) -> lis
             "delivery_disabled": isotime(r["delivery_disabled_at"]) or None,
             "disabled_reason": r["disabled_reason"],
         }
-        for r in rows
+        for r in await db_members.member_overview(db, list_id)
     ]
 
 
@@ -276,24 +232,22 @@ def parse_roster(text: str) -> tuple[list[RosterRow], list[str]]:
 
 async def import_roster(db: aiosqlite.Connection, rows: list[RosterRow], now: float, club_domain: str) -> ImportReport:
     """Apply parsed rows (inside the caller's transaction); additive and idempotent."""
-    missing = sorted(
-        {n for r in rows for n in r.lists} - {r["name"] for r in await fetchall(db, "SELECT name FROM lists")}
-    )
+    missing = sorted({n for r in rows for n in r.lists} - await db_members.list_names(db))
     if missing:
         lines = {n: next(r.line for r in rows if n in r.lists) for n in missing}
         raise RosterError("; ".join(f"line {lines[n]}: no such list: {n}" for n in missing))
     report = ImportReport()
     for row in rows:
-        before: sqlite3.Row | None = await fetchone(db, "SELECT name FROM members WHERE address = ?", (row.address,))
+        before = await db_members.get_member(db, row.address)
         try:
             created, subscribed = await add_member(db, row.address, row.name, list(row.lists), now, club_domain)
         except RosterError as exc:
             raise RosterError(f"line {row.line}: {exc}") from None
         if created:
             report.added.append(row.address)
-        elif before is not None and row.name and row.name != before["name"]:
+        elif before is not None and row.name and row.name != before.name:
             report.renamed.append(row.address)
         report.subscribed.extend((row.address, n) for n in subscribed)
-        if not created and not subscribed and (before is None or not row.name or row.name == before["name"]):
+        if not created and not subscribed and (before is None or not row.name or row.name == before.name):
             report.unchanged += 1
     return report

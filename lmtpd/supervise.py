@@ -27,7 +27,10 @@ RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # seconds before starting a 
 
 
 async def stop_worker(worker: Worker, task: asyncio.Task[None] | None, grace: float) -> None:
-    """Let the current pass finish within half the grace period; unfinished copies stay queued."""
+    """Let the current pass finish within half the grace period; unfinished copies stay queued.
+
+    The worker is closed (its leases handed back) by the runtime that built it.
+    """
     await worker.stop()
     if task is not None:
         try:
@@ -36,7 +39,6 @@ async def stop_worker(worker: Worker, task: asyncio.Task[None] | None, grace: fl
             log.warning("delivery pass interrupted; unfinished copies stay queued")
         except Exception:
             log.exception("delivery worker failed")
-    await worker.close()
 
 
 class DeliveryProcess:

@@ -11,10 +11,9 @@ import pytest
 
 from lmtpd import bounces
 from lmtpd.config import Config, load
-from lmtpd.ingest import IngestHandler
 from lmtpd.lists import verp_recipient, verp_sender
-from lmtpd.queue import FANOUT
-from lmtpd.store import Writer, connect_sync
+from lmtpd.runtime import open_runtime
+from lmtpd.store import connect_sync
 
 from .helpers.club import DATA, message, new_club, write_config
 from .helpers.processes import spawn_lmtpd
@@ -47,9 +46,9 @@ def test_the_corpus_is_complete():
 @pytest.mark.parametrize("line_ending", [b"\r\n", b"\n"])
 def test_reading_real_world_bounces(name: str, line_ending: bytes):
     raw = (CORPUS / name).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", line_ending)
-    kind, recipient, status = EXPECTED[name]
+    bounce_class, recipient, status = EXPECTED[name]
     reading = bounces.read_bounce(raw)
-    assert reading.kind == kind
+    assert reading.bounce_class == bounce_class
     if recipient:
         assert recipient in reading.recipients
         assert reading.status == status
@@ -100,14 +99,13 @@ class BounceClub:
                 for line in raw.decode("utf-8", "replace").splitlines()
                 if line.lower().startswith("to:")
             )
-        writer = Writer(self.cfg.database, work=FANOUT)
-        await writer.start()
-        replies = await IngestHandler(self.cfg, writer, self.db, self.clock).decide("", [to], raw)
-        await writer.stop()
+        async with open_runtime(self.cfg, self.clock) as runtime:
+            replies = await runtime.ingest().decide("", [to], raw)
         assert replies[0].endswith("bounce stored"), replies
 
-    def process(self) -> bounces.RunReport:
-        return bounces.process(self.db, self.cfg, self.clock.now)
+    async def process(self) -> bounces.RunReport:
+        async with open_runtime(self.cfg, self.clock, ingest=False) as runtime:
+            return await bounces.process(runtime.writer.submit, self.cfg, self.clock.now)
 
     def member(self, address: str) -> sqlite3.Row:
         return self.db.execute("SELECT * FROM members WHERE address = ?", (address,)).fetchone()
@@ -131,7 +129,7 @@ async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(b
     for _ in range(3):
         await bounce_club.receive("postfix_user_unknown.eml")
         await bounce_club.receive("postfix_user_unknown.eml")  # the same day: no second point
-        report = bounce_club.process()
+        report = await bounce_club.process()
         assert report.counts == {"permanent": 2}
         clock.advance(86400)
     bob = bounce_club.member("bob@example.net")
@@ -146,14 +144,10 @@ async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(b
     assert len(summaries) == 1
     text = bytes(summaries[0][0]).decode()
     assert "To: admin@myclub.org" in text and "<bob@example.net> (Bob)" in text and "5.1.1" in text
-    assert bounce_club.process().summary_queue_id is None  # reported once
+    assert (await bounce_club.process()).summary_queue_id is None  # reported once
     # bob stays a member but gets no copies of the next post
-    writer = Writer(bounce_club.cfg.database, work=FANOUT)
-    await writer.start()
-    await IngestHandler(bounce_club.cfg, writer, bounce_club.db, clock).decide(
-        "anna@example.net", ["youth@myclub.org"], message()
-    )
-    await writer.stop()
+    async with open_runtime(bounce_club.cfg, clock) as runtime:
+        await runtime.ingest().decide("anna@example.net", ["youth@myclub.org"], message())
     recipients = {
         r[0] for r in bounce_club.db.execute("SELECT recipient FROM deliveries WHERE recipient != 'admin@myclub.org'")
     }
@@ -163,12 +157,12 @@ async def test_permanent_bounces_count_once_a_day_and_disable_at_the_threshold(b
 async def test_a_stale_score_starts_again(bounce_club: BounceClub, clock: Clock):
     for _ in range(2):
         await bounce_club.receive("postfix_user_unknown.eml")
-        bounce_club.process()
+        await bounce_club.process()
         clock.advance(86400)
     assert bounce_club.member("bob@example.net")["bounce_score"] == 2
     clock.advance(8 * 86400)
     await bounce_club.receive("postfix_user_unknown.eml")
-    bounce_club.process()
+    await bounce_club.process()
     bob = bounce_club.member("bob@example.net")
     assert bob["bounce_score"] == 1 and bob["delivery_disabled_at"] is None
 
@@ -177,7 +171,7 @@ async def test_policy_temporary_and_auto_replies_do_not_count(bounce_club: Bounc
     await bounce_club.receive("dmarc_reject.eml")
     await bounce_club.receive("postfix_delayed.eml")
     await bounce_club.receive("vacation.eml")
-    report = bounce_club.process()
+    report = await bounce_club.process()
     assert report.counts == {"policy": 1, "temporary": 1, "auto-reply": 1}
     rows = bounce_club.bounce_rows()
     assert [(r["kind"], r["address"], r["counted"]) for r in rows] == [
@@ -192,7 +186,7 @@ async def test_attribution_without_verp_and_unattributed_bounces(bounce_club: Bo
     await bounce_club.receive("quoted_printable_dsn.eml")  # sent to youth-bounces@, names mo@qp.example
     await bounce_club.receive("gmail_no_such_user.eml", to="youth-bounces@myclub.org")  # names a stranger
     await bounce_club.receive("garbage.eml", to="youth-bounces@myclub.org")
-    report = bounce_club.process()
+    report = await bounce_club.process()
     assert report.counts == {"permanent": 1, "unattributed": 2}
     rows = bounce_club.bounce_rows()
     assert (rows[0]["kind"], rows[0]["address"], rows[0]["counted"]) == ("permanent", "mo@qp.example", 1)
@@ -260,7 +254,7 @@ async def test_verp_delimiters_are_configurable(tmp_path, clock: Clock):
     )
     c = BounceClub(cfg, clock)
     await c.receive("postfix_user_unknown.eml", to="youth-bounces+bob%example.net@myclub.org")
-    report = c.process()
+    report = await c.process()
     assert report.counts == {"permanent": 1}
     assert c.bounce_rows()[0]["address"] == "bob@example.net"
     c.db.close()

@@ -17,11 +17,11 @@ import pytest
 from lmtpd import auth, roster
 from lmtpd.config import Config
 from lmtpd.copies import ListStyle, Signer, copy_headers, prefixed_subject
-from lmtpd.ingest import IngestHandler
 from lmtpd.lists import split_message
-from lmtpd.queue import FANOUT, copy_of
+from lmtpd.queue import copy_of
 from lmtpd.routes import make_resolver
-from lmtpd.store import Writer, connect_sync
+from lmtpd.runtime import make_signer, open_runtime
+from lmtpd.store import connect_sync
 
 from .helpers import dnsserver
 from .helpers.club import DATA, add_list, message, new_club, write_config
@@ -145,16 +145,9 @@ async def copy_for(tmp_path: Path, port: int, key_file: Path, mitigation: str, p
 
 async def post_with_signer(cfg: Config, data: bytes, rcpts: list[str], sender: str) -> list[str]:
     resolver = make_resolver(cfg.dns.nameservers, cfg.dns.timeout, dns.resolver.Resolver)
-    signer = Signer.from_file(cfg.domain, cfg.dkim.selector, cfg.dkim.key_file) if cfg.dkim.key_file else None
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    try:
-        handler = IngestHandler(cfg, writer, reader, Clock(), None, auth.Checker(resolver, 3), signer)
+    async with open_runtime(cfg, Clock()) as runtime:
+        handler = runtime.ingest(None, auth.Checker(resolver, 3), make_signer(cfg))
         return await handler.decide(sender, rcpts, data)
-    finally:
-        await writer.stop()
-        reader.close()
 
 
 async def test_a_p_reject_authors_post_passes_dmarc_at_the_receiver(dmarc_world):

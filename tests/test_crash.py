@@ -17,9 +17,8 @@ from collections import Counter
 
 from lmtpd import roster
 from lmtpd.config import load
-from lmtpd.ingest import IngestHandler
-from lmtpd.queue import FANOUT
-from lmtpd.store import Writer, connect_sync, open_database, transaction
+from lmtpd.runtime import open_runtime
+from lmtpd.store import open_database, transaction
 
 from .helpers.club import message, write_config
 from .helpers.processes import spawn_lmtpd
@@ -42,17 +41,13 @@ async def test_kill_9_during_flush_loses_no_copy(tmp_path, sink: Sink):
 
     await transaction(db, fill)
     await db.close()
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    handler = IngestHandler(cfg, writer, reader, Clock(time.time()))
-    for i in range(POSTS):
-        replies = await handler.decide(
-            "m000@example.net", ["youth@myclub.org"], message(author="m000@example.net", subject=f"post {i}")
-        )
-        assert replies[0].startswith("250")
-    await writer.stop()
-    reader.close()
+    async with open_runtime(cfg, Clock(time.time())) as runtime:
+        handler = runtime.ingest()
+        for i in range(POSTS):
+            replies = await handler.decide(
+                "m000@example.net", ["youth@myclub.org"], message(author="m000@example.net", subject=f"post {i}")
+            )
+            assert replies[0].startswith("250")
     total = MEMBERS * POSTS
 
     rng = random.Random()

@@ -6,9 +6,7 @@ import asyncio
 import random
 from email import message_from_bytes
 
-from lmtpd.delivery import Worker
-from lmtpd.queue import FANOUT
-from lmtpd.store import Writer, connect_sync, open_database
+from lmtpd.runtime import open_runtime
 
 from .helpers import lmtpclient
 from .helpers.club import lmtp_target, message, rows
@@ -72,44 +70,32 @@ async def test_replies_decide_sent_deferred_failed(service, club_config, sink: S
 
 async def test_retries_with_injected_clock_until_delivered(club_config, sink: Sink, clock: Clock):
     """A far end that is down, then up: the worker retries on schedule, no sleeping."""
-    from lmtpd.ingest import IngestHandler
-
-    db = await open_database(club_config.database)
-    writer = Writer(club_config.database, work=FANOUT)
-    await writer.start()
-    handler = IngestHandler(club_config, writer, connect_sync(club_config.database), clock)
-    replies = await handler.decide("anna@example.net", ["youth@myclub.org"], message())
-    assert replies[0].startswith("250")
-    sink.rcpt_replies = {a: "421 4.3.2 try later" for a in YOUTH}
-    worker = Worker(club_config, writer, None, clock, random.Random(7))
-    assert (await worker.deliver_due())["pending"] == 3
-    assert await worker.deliver_due() == {}  # nothing due yet
-    clock.advance(200)
-    assert await worker.deliver_due() == {}
-    clock.advance(200)  # past minimal_backoff (300 s, jittered)
-    sink.rcpt_replies = {}
-    assert (await worker.deliver_due())["sent"] == 3
+    async with open_runtime(club_config, clock, deliver=True, rng=random.Random(7)) as runtime:
+        replies = await runtime.ingest().decide("anna@example.net", ["youth@myclub.org"], message())
+        assert replies[0].startswith("250")
+        sink.rcpt_replies = {a: "421 4.3.2 try later" for a in YOUTH}
+        worker = runtime.worker
+        assert worker is not None
+        assert (await worker.deliver_due())["pending"] == 3
+        assert await worker.deliver_due() == {}  # nothing due yet
+        clock.advance(200)
+        assert await worker.deliver_due() == {}
+        clock.advance(200)  # past minimal_backoff (300 s, jittered)
+        sink.rcpt_replies = {}
+        assert (await worker.deliver_due())["sent"] == 3
     assert sorted(r.rcpt for r in sink.received) == YOUTH
-    await worker.close()
-    await writer.stop()
-    await db.close()
 
 
 async def test_unreachable_relay_defers_everything(club_config, clock: Clock):
     from dataclasses import replace
 
     from lmtpd.config import RelayConfig
-    from lmtpd.ingest import IngestHandler
 
     cfg = replace(club_config, relay=RelayConfig(host="127.0.0.1", port=1, connections=2, timeout=2))
-    db = await open_database(cfg.database)
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    handler = IngestHandler(cfg, writer, connect_sync(cfg.database), clock)
-    await handler.decide("anna@example.net", ["youth@myclub.org"], message())
-    counts = await Worker(cfg, writer, None, clock).deliver_due()
+    async with open_runtime(cfg, clock, deliver=True) as runtime:
+        await runtime.ingest().decide("anna@example.net", ["youth@myclub.org"], message())
+        assert runtime.worker is not None
+        counts = await runtime.worker.deliver_due()
     assert counts["pending"] == 3 and counts["unreachable"] == 3
     last = rows(cfg, "SELECT last_reply FROM deliveries")[0][0]
     assert last.startswith("4.4.1 127.0.0.1[127.0.0.1]:1")
-    await writer.stop()
-    await db.close()

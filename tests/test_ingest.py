@@ -7,12 +7,13 @@ import asyncio
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from lmtpd import roster
 from lmtpd.config import Config
 from lmtpd.lmtp import LMTPServer
 from lmtpd.store import open_database, transaction
 
 from .helpers import lmtpclient
-from .helpers.club import DATA, lmtp_target, message, rows
+from .helpers.club import DATA, add_list, lmtp_target, message, rows
 from .helpers.sink import Sink
 
 
@@ -237,6 +238,13 @@ async def test_quota_resets_the_next_day(service, club_config, clock):
         lmtp_target(club_config), "bob@example.net", ["youth@myclub.org"], message(author="bob@example.net")
     )
     assert codes(t.data) == ["250"]
+
+
+async def test_a_daily_limit_of_zero_lets_nobody_post(service, club_config):
+    await add_list(club_config, "closed", roster.ListSettings(posts_per_day=0))
+    t = await lmtpclient.send(lmtp_target(club_config), "anna@example.net", ["closed@myclub.org"], message())
+    assert t.data == ["550 5.7.1 daily limit reached: 0 posts per day to closed"]
+    assert rows(club_config, "SELECT * FROM quota_use") == []
 
 
 async def test_bare_lf_and_utf8_headers_are_kept_byte_for_byte(service, club_config):

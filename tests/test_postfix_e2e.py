@@ -19,7 +19,7 @@ from email.utils import parseaddr
 import pytest
 
 from lmtpd import bounces
-from lmtpd.store import connect_sync
+from lmtpd.runtime import open_runtime
 
 from .helpers import postfix
 from .helpers.club import new_club
@@ -204,9 +204,8 @@ async def test_bounces_through_postfix_disable_a_dead_address(front_postfix, sho
                 await eventually(
                     lambda n=day + 1: db.execute("SELECT count(*) FROM bounces").fetchone()[0] >= n, 60, "the bounce"
                 )
-                conn = connect_sync(cfg.database)
-                report = bounces.process(conn, cfg, start + day * 86400)  # one bounce a day, on the injected clock
-                conn.close()
+                async with open_runtime(cfg, ingest=False) as runtime:  # one bounce a day, on the injected clock
+                    report = await bounces.process(runtime.writer.submit, cfg, start + day * 86400)
                 assert report.counts == {"permanent": 1}
             bob = db.execute("SELECT * FROM members WHERE address = 'bob@example.net'").fetchone()
             assert bob["bounce_score"] == 3 and bob["delivery_disabled_at"] is not None

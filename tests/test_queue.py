@@ -18,7 +18,7 @@ import pytest
 
 from lmtpd import queue
 from lmtpd.config import Config, QueueConfig
-from lmtpd.store import connect_sync
+from lmtpd.store import connect_sync, outbound
 
 from .helpers.reports import parse_report
 
@@ -161,7 +161,7 @@ def test_a_claim_takes_the_earliest_due_copies_up_to_its_limit(db: sqlite3.Conne
     second, _ = queue.claim(db, "me:1", NOW, 600, 5)
     assert [d.recipient for d in first] == ["early@example.net"]
     assert [d.recipient for d in second] == ["late@example.net"]  # not the one due later
-    assert queue.next_due(db) == NOW + 100
+    assert outbound.next_due(db) == NOW + 100
 
 
 def test_a_claim_of_one_message_and_without_verp(db: sqlite3.Connection):
@@ -193,7 +193,7 @@ def test_only_the_owners_pending_copies_are_renewed(db: sqlite3.Connection):
     mine, _ = queue.claim(db, "me:1", NOW, 600, 2)
     theirs, _ = queue.claim(db, "them:2", NOW, 600, 5)
     db.execute("UPDATE deliveries SET state = 'sent' WHERE id = ?", (mine[1].id,))
-    kept = queue.renew_leases(db, "me:1", [d.id for d in mine + theirs], NOW + 900)
+    kept = outbound.renew_leases(db, "me:1", [d.id for d in mine + theirs], NOW + 900)
     assert kept == {mine[0].id}
     leases = {r["id"]: r["lease_until"] for r in db.execute("SELECT id, lease_until FROM deliveries")}
     assert leases[mine[0].id] == NOW + 900 and leases[theirs[0].id] == NOW + 600
@@ -215,7 +215,7 @@ def test_leases_of_dead_processes_are_released_and_no_others(db: sqlite3.Connect
         )
     assert queue.release_dead_leases(db) == 1
     assert {r: row["lease_owner"] for r, row in by_recipient(db).items()} == {**owners, "anna@example.net": None}
-    queue.release_leases(db, f"{here}:{os.getpid()}")
+    outbound.release_leases(db, f"{here}:{os.getpid()}")
     assert by_recipient(db)["bob@example.net"]["lease_owner"] is None
     assert by_recipient(db)["carla@example.com"]["lease_owner"] == "another-host.example:1"
 
@@ -275,14 +275,14 @@ def test_a_flush_makes_unleased_pending_copies_due_now(db: sqlite3.Connection):
     db.execute(
         "UPDATE deliveries SET lease_owner = 'me:1', lease_until = ? WHERE recipient = 'bob@example.net'", (NOW,)
     )
-    assert queue.make_all_due(db, NOW, queue_id="Q2") == 1
-    assert queue.make_all_due(db, NOW) == 1  # anna; bob is leased
+    assert outbound.make_all_due(db, NOW, queue_id="Q2") == 1
+    assert outbound.make_all_due(db, NOW) == 1  # anna; bob is leased
     due = {r: row["next_attempt_at"] for r, row in by_recipient(db).items()}
     assert due == {"anna@example.net": NOW, "bob@example.net": NOW + 3000, "carla@example.com": NOW}
 
 
 def test_next_due_counts_leases_and_nothing_when_the_queue_is_empty(db: sqlite3.Connection):
-    assert queue.next_due(db) is None
+    assert outbound.next_due(db) is None
     queue_post(db, ["anna@example.net"], due=NOW)
     queue.claim(db, "me:1", NOW, 600, 1)
-    assert queue.next_due(db) == NOW + 600  # due, but not before its lease ends
+    assert outbound.next_due(db) == NOW + 600  # due, but not before its lease ends

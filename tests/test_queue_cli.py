@@ -7,9 +7,7 @@ import json
 import time
 
 from lmtpd.config import load
-from lmtpd.ingest import IngestHandler
-from lmtpd.queue import FANOUT
-from lmtpd.store import Writer, connect_sync
+from lmtpd.runtime import open_runtime
 
 from .helpers.club import message, populate, write_config
 from .helpers.processes import spawn_lmtpd
@@ -28,14 +26,8 @@ async def queue_a_post(config, subject: str = "Training on Saturday", first: boo
     cfg = load(config)
     if first:
         await populate(cfg)
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    replies = await IngestHandler(cfg, writer, reader, Clock(time.time())).decide(
-        "anna@example.net", ["youth@myclub.org"], message(subject=subject)
-    )
-    await writer.stop()
-    reader.close()
+    async with open_runtime(cfg, Clock(time.time())) as runtime:
+        replies = await runtime.ingest().decide("anna@example.net", ["youth@myclub.org"], message(subject=subject))
     assert replies[0].startswith("250")
     return replies[0].split()[3]
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import random
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 import pytest
 from flufl.bounce import all_failures
 
 from lmtpd.config import Config
-from lmtpd.delivery import Worker
-from lmtpd.ingest import IngestHandler
-from lmtpd.queue import FANOUT
-from lmtpd.store import Writer, connect_sync
+from lmtpd.runtime import Runtime, open_runtime
 
 from .helpers.club import message, new_club
 from .helpers.reports import parse_report
@@ -24,33 +22,29 @@ ADMIN = "admin@myclub.org"
 
 
 class DeliveringClub:
-    """A club with a writer and a delivery worker on this loop (no server); posts go in through ingest."""
+    """A club with a runtime and a delivery worker on this loop (no server); posts go in through ingest."""
 
-    def __init__(self, cfg: Config, writer: Writer, clock: Clock):
-        self.cfg, self.writer, self.clock = cfg, writer, clock
-        self.reader = connect_sync(cfg.database)
-        self.worker = Worker(cfg, writer, self.reader, clock, random.Random(5))
+    def __init__(self, cfg: Config, runtime: Runtime, stack: AsyncExitStack):
+        self.cfg, self.runtime, self._stack = cfg, runtime, stack
+        assert runtime.worker is not None
+        self.worker = runtime.worker
 
     async def post(self, body: bytes | None = None) -> None:
-        replies = await IngestHandler(self.cfg, self.writer, self.reader, self.clock).decide(
-            "anna@example.net", ["youth@myclub.org"], body or message()
-        )
+        replies = await self.runtime.ingest().decide("anna@example.net", ["youth@myclub.org"], body or message())
         assert replies[0].startswith("250")
 
     def rows(self, sql: str, params=()) -> list[sqlite3.Row]:
-        return self.reader.execute(sql, params).fetchall()
+        return self.runtime.reader.execute(sql, params).fetchall()
 
     async def close(self) -> None:
-        await self.worker.close()
-        await self.writer.stop()
-        self.reader.close()
+        await self._stack.aclose()
 
 
 async def make_club(tmp_path, sink: Sink, clock: Clock, queue_extra: str) -> DeliveringClub:
     cfg = await new_club(tmp_path, "127.0.0.1:8024", relay_port=sink.port, queue_extra=queue_extra)
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    return DeliveringClub(cfg, writer, clock)
+    stack = AsyncExitStack()
+    runtime = await stack.enter_async_context(open_runtime(cfg, clock, deliver=True, rng=random.Random(5)))
+    return DeliveringClub(cfg, runtime, stack)
 
 
 @pytest.fixture

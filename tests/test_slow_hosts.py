@@ -19,9 +19,8 @@ from aiosmtpd.smtp import SMTP
 from lmtpd import queue
 from lmtpd.config import Config
 from lmtpd.delivery import Worker
-from lmtpd.ingest import IngestHandler
-from lmtpd.queue import FANOUT
-from lmtpd.store import Writer, connect_sync
+from lmtpd.runtime import Runtime, open_runtime
+from lmtpd.store import outbound
 
 from .helpers.club import message
 from .helpers.mx import Net, deliveries, post_and_deliver
@@ -93,12 +92,17 @@ async def test_a_tarpit_mx_holds_up_no_other_domain_and_nothing_goes_twice(net: 
     ok_a, ok_b = await net.mx("127.0.0.3"), await net.mx("127.0.0.4")
     cfg = await net.club(members=members(SLOW + HEALTHY))
     cfg = replace(cfg, relay=replace(cfg.relay, timeout=60.0))  # no wait is cut below a minute here
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    worker = Worker(cfg, writer, reader, clock, random.Random(3))
+    async with open_runtime(cfg, clock, deliver=True, rng=random.Random(3)) as runtime:
+        await _tarpit_scenario(cfg, clock, runtime, release, slow, ok_a, ok_b)
+
+
+async def _tarpit_scenario(
+    cfg: Config, clock: Clock, runtime: Runtime, release: asyncio.Event, slow: Sink, ok_a: Sink, ok_b: Sink
+) -> None:
+    worker, writer = runtime.worker, runtime.writer
+    assert worker is not None
     running = asyncio.create_task(worker.run())  # as in serve: woken by ingest
-    ingest = IngestHandler(cfg, writer, reader, clock, worker.wake)
+    ingest = runtime.ingest(worker.wake)
 
     async def post(subject: str) -> None:
         replies = await ingest.decide("anna@example.net", ["youth@myclub.org"], message(subject=subject))
@@ -130,9 +134,6 @@ async def test_a_tarpit_mx_holds_up_no_other_domain_and_nothing_goes_twice(net: 
             await asyncio.wait_for(running, 5)
         except TimeoutError:
             pass
-        await worker.close()
-        await writer.stop()
-        reader.close()
 
     counts = received(slow, ok_a, ok_b)
     assert set(counts.values()) == {1}  # nothing twice
@@ -169,13 +170,9 @@ async def test_stage_timeouts_defer_a_tarpit_quickly(net: Net, clock: Clock):
 async def test_a_claim_skips_full_destinations_and_only_our_leases_are_renewed(net: Net, clock: Clock):
     zone(net)
     cfg = await net.club(members=members(SLOW + HEALTHY))
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    try:
-        replies = await IngestHandler(cfg, writer, reader, clock).decide(
-            "anna@example.net", ["youth@myclub.org"], message()
-        )
+    async with open_runtime(cfg, clock) as runtime:
+        writer = runtime.writer
+        replies = await runtime.ingest().decide("anna@example.net", ["youth@myclub.org"], message())
         assert replies[0].startswith("250")
         now = clock()
         mine, _ = await writer.submit(lambda db: queue.claim(db, "me:1", now, 600, 100, skip_domains=("slow.example",)))
@@ -183,9 +180,6 @@ async def test_a_claim_skips_full_destinations_and_only_our_leases_are_renewed(n
         theirs, _ = await writer.submit(lambda db: queue.claim(db, "them:2", now, 600, 100))
         assert sorted(d.recipient for d in theirs) == SLOW
         ids = [d.id for d in mine + theirs]
-        kept = await writer.submit(lambda db: queue.renew_leases(db, "me:1", ids, now + 900))
+        kept = await writer.submit(lambda db: outbound.renew_leases(db, "me:1", ids, now + 900))
         assert kept == {d.id for d in mine}
         assert set(leases(cfg, "ok-a.example")) == {now + 900} and set(leases(cfg, "slow.example")) == {now + 600}
-    finally:
-        await writer.stop()
-        reader.close()

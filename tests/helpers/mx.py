@@ -10,10 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtpd.config import Config, load
-from lmtpd.delivery import Worker
-from lmtpd.ingest import IngestHandler
-from lmtpd.queue import FANOUT
-from lmtpd.store import Writer, connect_sync
+from lmtpd.runtime import open_runtime
 
 from . import dnsserver
 from .club import Members, message, populate, write_config
@@ -93,20 +90,11 @@ class Net:
 
 async def post_and_deliver(cfg: Config, clock: Clock, rng: random.Random | None = None) -> dict[str, sqlite3.Row]:
     """Post once to youth and run one delivery pass; return the deliveries by recipient."""
-    writer = Writer(cfg.database, work=FANOUT)
-    await writer.start()
-    reader = connect_sync(cfg.database)
-    try:
-        replies = await IngestHandler(cfg, writer, reader, clock).decide(
-            "anna@example.net", ["youth@myclub.org"], message()
-        )
+    async with open_runtime(cfg, clock, deliver=True, rng=rng or random.Random(3)) as runtime:
+        replies = await runtime.ingest().decide("anna@example.net", ["youth@myclub.org"], message())
         assert replies[0].startswith("250")
-        worker = Worker(cfg, writer, reader, clock, rng or random.Random(3))
-        await worker.deliver_due()
-        await worker.close()
-    finally:
-        await writer.stop()
-        reader.close()
+        assert runtime.worker is not None
+        await runtime.worker.deliver_due()
     return deliveries(cfg)
 
 
