@@ -9,7 +9,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     # migrations/ lives at the top of the repository and installs as lmtpd.migrations
-    packages=["lmtpd", "lmtpd.store", "lmtpd.migrations"],
+    packages=["lmtpd", "lmtpd.cli", "lmtpd.store", "lmtpd.migrations"],
     package_dir={"lmtpd.migrations": "migrations"},
     package_data={"lmtpd.migrations": ["*.sql"]},
     install_requires=[

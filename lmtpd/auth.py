@@ -34,7 +34,7 @@ import dns.resolver
 import spf
 from publicsuffixlist import PublicSuffixList
 
-from .lists import field_name, header_fields, split_message
+from .message import field_name, header_fields, split_message
 
 log = logging.getLogger(__name__)
 

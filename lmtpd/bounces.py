@@ -35,9 +35,10 @@ from typing import Any, TypeVar
 from flufl.bounce import all_failures
 
 from . import headers
+from .addresses import verp_recipient
 from .config import Config
-from .lists import VACATION_SUBJECT, verp_recipient
 from .queue import enqueue_report, new_queue_id
+from .rules import VACATION_SUBJECT
 from .store import bounces as stored
 from .store import members as db_members
 from .store.bounces import BounceClass

@@ -19,7 +19,7 @@ from pathlib import Path
 import dkim
 
 from . import headers
-from .lists import field_name, header_fields, list_id_value
+from .message import field_name, header_fields
 
 # Removed from every incoming post before ours are added: list headers of any list,
 # and headers that leak routing or privacy.
@@ -52,6 +52,12 @@ class ListStyle:
     @property
     def tag(self) -> str:
         return f"[{self.name}]" if self.prefix is None else self.prefix
+
+
+def list_id_value(name: str, description: str, domain: str) -> str:
+    """RFC 2919 List-Id: an optional phrase and ``<name.domain>``."""
+    ident = f"<{name}.{domain}>"
+    return f"{headers.phrase(description)} {ident}" if description else ident
 
 
 def list_fields(style: ListStyle) -> list[bytes]:

@@ -18,25 +18,14 @@ from datetime import date
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import auth, queue
+from .addresses import BOUNCES, OWNER, POST, REQUEST, parse_recipient
 from .config import Config
 from .copies import ListStyle, Signer, copy_headers
 from .headers import field as header_field
 from .headers import printable
-from .lists import (
-    BOUNCES,
-    OWNER,
-    POST,
-    REQUEST,
-    HeaderInfo,
-    daily_limit,
-    drop_reason,
-    limit_refusal,
-    parse_recipient,
-    poster_refusal,
-    read_headers,
-    split_message,
-)
 from .lmtp import TEMPFAIL, HooksOnly, valid_text, wire_reply
+from .message import HeaderInfo, read_headers, split_message
+from .rules import daily_limit, drop_reason, limit_refusal, poster_refusal
 from .store import Writer, bounces, members, posts, savepoint
 from .store.members import MailingList, Member
 from .store.outbound import FANOUT, enqueue_post

@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable
 from datetime import date
 
+from .addresses import POST, normalize_address, parse_recipient
 from .config import Config
 from .headers import printable
-from .lists import POST, daily_limit, limit_refusal, parse_recipient, poster_refusal
 from .lmtp import TEMPFAIL
+from .rules import daily_limit, limit_refusal, poster_refusal
 from .store import members
-from .store.members import normalize_address
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import dsn
+from .addresses import verp_sender
 from .config import Config, QueueConfig
 from .dsn import status_of
-from .lists import read_headers, split_message, verp_sender
+from .message import read_headers, split_message
 from .store import outbound, posts
 from .store.outbound import FAILED, HELD, PENDING, SENT  # noqa: F401  (the copies' states, shown by cli)
 from .store.posts import PostKind

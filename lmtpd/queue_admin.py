@@ -11,7 +11,7 @@ from typing import Any
 
 import aiosqlite
 
-from .lists import split_message
+from .message import split_message
 from .queue import FAILED, HELD, PENDING, SENT, isotime
 from .store import outbound_admin, posts
 from .store.posts import PostKind, StoredMessage

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 import aiosqlite
 
 from . import headers
+from .addresses import normalize_address
 from .queue import isotime
 from .store import members as db_members
-from .store.members import normalize_address
 
 _LIST_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _RESERVED_SUFFIXES = ("-bounces", "-request", "-owner")

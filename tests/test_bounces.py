@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from lmtpd import bounces
+from lmtpd.addresses import verp_recipient, verp_sender
 from lmtpd.config import Config, load
-from lmtpd.lists import verp_recipient, verp_sender
 from lmtpd.runtime import open_runtime
 from lmtpd.store import connect_sync
 

@@ -17,7 +17,7 @@ import pytest
 from lmtpd import auth, roster
 from lmtpd.config import Config
 from lmtpd.copies import ListStyle, Signer, copy_headers, prefixed_subject
-from lmtpd.lists import split_message
+from lmtpd.message import split_message
 from lmtpd.queue import copy_of
 from lmtpd.routes import make_resolver
 from lmtpd.runtime import make_signer, open_runtime

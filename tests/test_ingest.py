@@ -259,7 +259,7 @@ async def test_bare_lf_and_utf8_headers_are_kept_byte_for_byte(service, club_con
 
 async def test_the_lists_own_copy_coming_back_is_not_posted_again(service, club_config, sink: Sink):
     from lmtpd.copies import ListStyle, copy_headers
-    from lmtpd.lists import split_message
+    from lmtpd.message import split_message
 
     block, body = split_message(message())
     copy = copy_headers(block, ListStyle("youth", "myclub.org", "Youth section"), False) + body

@@ -54,6 +54,7 @@ address kind
     request or owner address (``lists.Recipient.kind``).
 """
 
+from ..addresses import normalize_address
 from .bounces import BounceClass
 from .engine import (
     BUSY_TIMEOUT_MS,
@@ -69,7 +70,6 @@ from .engine import (
     transaction,
     upgrade,
 )
-from .members import normalize_address
 from .posts import PostKind
 from .writer import BatchWork, Writer
 

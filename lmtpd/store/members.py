@@ -52,14 +52,6 @@ class Member(Record):
     disabled_reported: int
 
 
-def normalize_address(address: str) -> str:
-    """``Local@Example.ORG`` -> ``Local@example.org``: the form addresses are stored in."""
-    local, at, domain = address.strip().rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError(f"not an email address: {address!r}")
-    return f"{local}@{domain.lower()}"
-
-
 _FIND_LIST = "SELECT * FROM lists WHERE name = ?"
 _FIND_MEMBER = "SELECT * FROM members WHERE address = ?"
 

@@ -1,7 +1,7 @@
 """What the store hands out: small frozen dataclasses instead of sqlite3.Row.
 
 A :class:`Record` can also be read as a mapping (``lst["name"]``), because some
-stages take one (:func:`lmtpd.lists.poster_refusal` takes a ``Mapping``); new
+stages take one (:func:`lmtpd.rules.poster_refusal` takes a ``Mapping``); new
 code reads attributes.
 """
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lmtpd.copies import ListStyle, copy_headers
-from lmtpd.lists import (
-    is_own_copy,
-    list_id_value,
-    read_headers,
-    split_message,
-)
+from lmtpd.copies import ListStyle, copy_headers, list_id_value
+from lmtpd.message import read_headers, split_message
+from lmtpd.rules import is_own_copy
 
 from .helpers.club import DATA
 

@@ -1,0 +1,28 @@
+"""``lmtpd db``: the database schema."""
+
+from __future__ import annotations
+
+import aiosqlite
+import click
+
+from ..store import upgrade
+from .base import State, main, pass_state
+
+# ----------------------------------------------------------------------- db
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: State) -> None:
+    """Apply pending migrations."""
+
+    async def run(conn: aiosqlite.Connection) -> list:
+        return await upgrade(conn)
+
+    applied = state.run(run, check=False)
+    click.echo(f"applied {len(applied)} migration(s)" if applied else "database is up to date")

@@ -1,0 +1,78 @@
+"""Running lmtpd: ``check-config``, ``serve`` and the hidden ``deliver`` (serve's child)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+
+import click
+
+from ..copies import Signer, SigningError
+from ..daemon import ListenError, Service, run_delivery
+from ..store import SchemaError, StoreError
+from .base import DELIVERY_NICENESS, State, fail, main, pass_state, setup_logging
+
+
+@main.command("check-config")
+@pass_state
+def check_config(state: State) -> None:
+    """Validate the configuration file (and the DKIM key it names) and exit."""
+    cfg = state.config
+    if cfg.dkim.key_file is not None:
+        try:
+            Signer.from_file(cfg.domain, cfg.dkim.selector, cfg.dkim.key_file)
+        except SigningError as exc:
+            fail(f"config error: {cfg.source}: [dkim] key_file: {exc}", os.EX_CONFIG)
+    if cfg.admin.rpartition("@")[2] == cfg.domain:
+        click.echo(
+            f"lmtpd: warning: admin {cfg.admin} is in the club domain: Postfix must route it elsewhere "
+            "(transport_maps), or reports to it come back to lmtpd and are refused",
+            err=True,
+        )
+    click.echo(f"{cfg.source}: OK (domain {cfg.domain}, LMTP on {cfg.lmtp.listen})")
+
+
+@main.command()
+@click.option("--upgrade", is_flag=True, help="Apply pending database migrations first.")
+@pass_state
+def serve(state: State, upgrade: bool) -> None:
+    """Run the LMTP server and the delivery worker until SIGTERM."""
+    cfg = state.config
+    setup_logging(state.verbose)
+    assert cfg.source is not None
+    delivery = [sys.executable, "-m", "lmtpd", "--config", str(cfg.source.resolve())]
+    delivery += [f"-{'v' * state.verbose}"] if state.verbose else []
+    delivery += ["deliver", "--nice", str(DELIVERY_NICENESS), "--from-serve"]
+    try:
+        asyncio.run(Service(cfg, delivery_command=delivery).run_until_signalled(allow_upgrade=upgrade))
+    except SchemaError as exc:
+        fail(f"database: {exc}", os.EX_CONFIG)
+    except StoreError as exc:
+        fail(f"database: {exc}", os.EX_IOERR)
+    except sqlite3.Error as exc:
+        fail(f"database {cfg.database}: {exc}", os.EX_IOERR)
+    except ListenError as exc:
+        fail(str(exc), os.EX_OSERR)
+    except SigningError as exc:
+        fail(f"config error: {exc}", os.EX_CONFIG)
+
+
+@main.command(hidden=True)
+@click.option("--nice", type=click.IntRange(0, 19), default=0, help="Run at this lower CPU priority.")
+@click.option("--from-serve", is_flag=True, help="Stdin is serve's wake-up pipe; stop when it ends.")
+@pass_state
+def deliver(state: State, nice: int, from_serve: bool) -> None:
+    """Run the delivery worker alone until SIGTERM (serve starts one by itself)."""
+    cfg = state.config
+    setup_logging(state.verbose)
+    os.nice(nice)
+    try:
+        asyncio.run(run_delivery(cfg, from_serve))
+    except SchemaError as exc:
+        fail(f"database: {exc}", os.EX_CONFIG)
+    except StoreError as exc:
+        fail(f"database: {exc}", os.EX_IOERR)
+    except sqlite3.Error as exc:
+        fail(f"database {cfg.database}: {exc}", os.EX_IOERR)

@@ -1,0 +1,62 @@
+"""Posting rules: who may post to a list, how often, and which mail is never posted.
+
+Pure functions of plain values and rows; the caller reads the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+
+from .message import HeaderInfo
+
+
+def poster_refusal(author: str, domain: str, lst: Mapping, member: Mapping | None, in_list: Callable[[], bool]) -> str:
+    """Why ``author`` may not post to ``lst``, or "" if they may (the daily limit aside).
+
+    ``in_list`` is asked only for lists open to their own members alone: on the hot
+    path, a club-wide list costs no membership lookup.
+    """
+    name = lst["name"]
+    if member is None or not member["active"]:
+        return f"550 5.7.1 <{author}> is not a member of {domain} and may not post to {name}"
+    if lst["posters"] == "list" and not in_list():
+        return f"550 5.7.1 only members of {name} may post to it; <{author}> is not one"
+    return ""
+
+
+def daily_limit(lst: Mapping, default: int) -> int:
+    return lst["posts_per_day"] if lst["posts_per_day"] is not None else default
+
+
+def limit_refusal(name: str, limit: int) -> str:
+    return f"550 5.7.1 daily limit reached: {limit} posts per day to {name}"
+
+
+VACATION_SUBJECT = re.compile(
+    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheit|vacation|"
+    r"absence|r[ée]ponse automatique|auto:)",
+    re.I,
+)
+
+
+def is_own_copy(headers: HeaderInfo, name: str, domain: str) -> bool:
+    """True if the message is a copy this list sent (a member's address leads back)."""
+    ident = f"<{name}.{domain}>".lower()
+    address = f"{name}@{domain}".lower()
+    return any(ident in value.lower() for value in headers.list_ids) or address in headers.x_loops
+
+
+def drop_reason(headers: HeaderInfo, name: str, domain: str, max_received: int) -> str:
+    """Why a message to a list must not be posted, although it is accepted; "" if none."""
+    if is_own_copy(headers, name, domain):
+        return f"loop: the message is a copy {name}@{domain} sent"
+    if headers.received > max_received:
+        return f"loop: {headers.received} Received headers (at most {max_received})"
+    if headers.auto_submitted and headers.auto_submitted.split(";")[0].strip() != "no":
+        return f"automatic mail: Auto-Submitted: {headers.auto_submitted}"
+    if headers.precedence in ("bulk", "junk", "list"):
+        return f"automatic mail: Precedence: {headers.precedence}"
+    if headers.autoreply or VACATION_SUBJECT.match(headers.subject):
+        return "automatic mail: a vacation reply"
+    return ""
