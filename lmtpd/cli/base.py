@@ -13,7 +13,8 @@ import logging
 import os
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn, TypeVar
 
 import aiosqlite
@@ -66,17 +67,25 @@ class State:
                 await db.close()
 
         try:
-            return asyncio.run(main())
+            with database_errors(cfg):
+                return asyncio.run(main())
         except roster.RosterError as exc:
             fail(str(exc), os.EX_DATAERR)
         except (queue_admin.QueueError, bounce_admin.NoSuchBounce) as exc:
             fail(str(exc), os.EX_NOINPUT)
-        except SchemaError as exc:
-            fail(f"database: {exc}", os.EX_CONFIG)
-        except StoreError as exc:
-            fail(f"database: {exc}", os.EX_IOERR)
-        except sqlite3.Error as exc:  # locked, read-only, disk full...: the operator's to fix
-            fail(f"database {cfg.database}: {exc}", os.EX_IOERR)
+
+
+@contextmanager
+def database_errors(cfg: Config) -> Iterator[None]:
+    """A database that cannot be used is one line and a sysexits code, never a traceback."""
+    try:
+        yield
+    except SchemaError as exc:
+        fail(f"database: {exc}", os.EX_CONFIG)
+    except StoreError as exc:
+        fail(f"database: {exc}", os.EX_IOERR)
+    except sqlite3.Error as exc:  # locked, read-only, disk full...: the operator's to fix
+        fail(f"database {cfg.database}: {exc}", os.EX_IOERR)
 
 
 pass_state = click.make_pass_decorator(State)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import sys
 
 import click
 
 from ..copies import Signer, SigningError
 from ..daemon import ListenError, Service, run_delivery
-from ..store import SchemaError, StoreError
-from .base import DELIVERY_NICENESS, State, fail, main, pass_state, setup_logging
+from .base import DELIVERY_NICENESS, State, database_errors, fail, main, pass_state, setup_logging
 
 
 @main.command("check-config")
@@ -46,13 +44,8 @@ def serve(state: State, upgrade: bool) -> None:
     delivery += [f"-{'v' * state.verbose}"] if state.verbose else []
     delivery += ["deliver", "--nice", str(DELIVERY_NICENESS), "--from-serve"]
     try:
-        asyncio.run(Service(cfg, delivery_command=delivery).run_until_signalled(allow_upgrade=upgrade))
-    except SchemaError as exc:
-        fail(f"database: {exc}", os.EX_CONFIG)
-    except StoreError as exc:
-        fail(f"database: {exc}", os.EX_IOERR)
-    except sqlite3.Error as exc:
-        fail(f"database {cfg.database}: {exc}", os.EX_IOERR)
+        with database_errors(cfg):
+            asyncio.run(Service(cfg, delivery_command=delivery).run_until_signalled(allow_upgrade=upgrade))
     except ListenError as exc:
         fail(str(exc), os.EX_OSERR)
     except SigningError as exc:
@@ -68,11 +61,5 @@ def deliver(state: State, nice: int, from_serve: bool) -> None:
     cfg = state.config
     setup_logging(state.verbose)
     os.nice(nice)
-    try:
+    with database_errors(cfg):
         asyncio.run(run_delivery(cfg, from_serve))
-    except SchemaError as exc:
-        fail(f"database: {exc}", os.EX_CONFIG)
-    except StoreError as exc:
-        fail(f"database: {exc}", os.EX_IOERR)
-    except sqlite3.Error as exc:
-        fail(f"database {cfg.database}: {exc}", os.EX_IOERR)
