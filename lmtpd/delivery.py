@@ -13,6 +13,10 @@ slot and its own copies, while the other destinations and the next claims go on.
 Leases are renewed while copies are in flight, so a flush from elsewhere never
 takes a copy that is still being worked on. Every outcome is written back at once,
 with any report to the administrator that it completes.
+
+Longer than the other stages on purpose: the scheduler (claims, backlogs, lanes,
+leases, settling) is one piece of state whose parts only make sense together; a
+lane's own logic is the small :class:`_Lane`, the SMTP session is in ``relay``.
 """
 
 from __future__ import annotations
