@@ -673,7 +673,7 @@ def stored(cfg: Config) -> tuple[dict[str, Counter], list[str]]:
         return sorted(names)
 
     try:
-        reports = {row[0] for row in db.execute("SELECT message_id FROM posts WHERE kind = 'report'")}
+        reports = {row[0] for row in db.execute("SELECT message_id FROM posts WHERE kind IN ('report', 'forward')")}
         for mid, raw in db.execute("SELECT id, raw FROM messages"):
             for marker in markers(raw):
                 if mid in reports:
