@@ -159,7 +159,7 @@ def parse_line(line: str) -> Command | None:
         arg = arg.split()[0].lower().partition("@")[0] if arg else ""
     elif verb[0] == "confirm":
         m = re.search(r"[A-Za-z0-9_-]{16,}", arg)
-        arg = m.group() if m else ""
+        arg = m.group().lower() if m else ""
     elif verb[0] == "pause":
         m = re.search(r"\buntil\s+(\d{4}-\d{2}-\d{2})\b", arg, re.I)
         arg = m.group(1) if m else ""
@@ -477,18 +477,18 @@ def answer(db: sqlite3.Connection, mail: Incoming, cfg: Config, sign: Sign | Non
             return f"550 5.6.0 {mail.info.from_problem}"
         return f"550 5.7.1 <{author}> is not a member of {cfg.domain}: mail commands are for members"
     used = store.command_mails_since(db, member.address, mail.now - HOUR)
-    if used >= cfg.commands.per_hour:
-        notice = used == cfg.commands.per_hour
-        store.log_command(db, mail.now, mail.queue_id, member.address, rcpt, "", "rate limited", notice)
-        if notice:
-            text = (
-                f"You sent {used} command mails within the last hour. lmtpd answers no more of them "
-                "until an hour has passed since the first.\n"
-            )
-            _reply(db, mail, cfg, member, "too many command mails", text, sign, new_id)
+    if used >= cfg.commands.per_hour:  # the last answer said so: silence until the hour has passed
+        store.log_command(db, mail.now, mail.queue_id, member.address, rcpt, "", "rate limited", False)
         return ok
+    last = used + 1 == cfg.commands.per_hour
+    notice = (
+        f"\nThis was your {cfg.commands.per_hour}th command mail within an hour: lmtpd answers no more "
+        "until an hour has passed since the first.\n"
+        if last
+        else ""
+    )
     if target.kind == CONFIRM:
-        return _confirm(db, mail, cfg, member, sign, new_id, ok)
+        return _confirm(db, mail, cfg, member, sign, new_id, ok, notice=notice)
     if target.kind == JOIN:
         parsed = Parsed([Command("join", target.list_name, "join")])
     elif target.kind == LEAVE:
@@ -503,7 +503,7 @@ def answer(db: sqlite3.Connection, mail: Incoming, cfg: Config, sign: Sign | Non
         )  # fmt: skip
         token = next((c.arg for c in parsed.commands if c.verb == "confirm"), "")
         if token:
-            return _confirm(db, mail, cfg, member, sign, new_id, ok, token)
+            return _confirm(db, mail, cfg, member, sign, new_id, ok, token, notice)
     if not parsed.commands and not any(s for _, s in parsed.unknown):
         if target.kind == REQUEST:
             return ""  # no command at all: a question for the administrator (forwarded by ingest)
@@ -523,7 +523,7 @@ def answer(db: sqlite3.Connection, mail: Incoming, cfg: Config, sign: Sign | Non
         paragraphs.append(f"> {line}\nNot a command.{hint} Send 'help' for the list of commands.\n")
         store.log_command(db, mail.now, mail.queue_id, member.address, rcpt, line, "unknown", True)
     if pending:
-        token = secrets.token_urlsafe(18)
+        token = secrets.token_hex(16)  # lower case: addresses are compared without case
         expires = mail.now + cfg.commands.confirm_days * 86400
         store.insert_confirmation(db, token, member.address, "\n".join(str(c) for c in pending), mail.now, expires)
         list_name = target.list_name or cfg.commands.address
@@ -534,11 +534,11 @@ def answer(db: sqlite3.Connection, mail: Incoming, cfg: Config, sign: Sign | Non
             "The mail could not be proven to come from you, so nothing was changed yet. To do it, "
             f"reply to this mail (it goes to {confirm_to}). If you did not ask, ignore this mail: "
             f"nothing happens, and the request expires on {_day(expires)}.\n"
-        )
+        ) + ("" if paragraphs else notice)
         _reply(db, mail, cfg, member, f"confirm {token}", text, sign, new_id, reply_to=confirm_to)
     if paragraphs:
         subject = "Re: " + (mail.info.subject or "your commands")
-        _reply(db, mail, cfg, member, subject[:200], "\n".join(paragraphs), sign, new_id)
+        _reply(db, mail, cfg, member, subject[:200], "\n".join(paragraphs) + notice, sign, new_id)
     return ok
 
 
@@ -551,13 +551,14 @@ def _confirm(
     new_id: Callable[[], str],
     ok: str,
     token: str = "",
+    notice: str = "",
 ) -> str:
     """Carry out what a token holds, for the member it was sent to (not whoever replied)."""
     token = token or mail.target.extension
     taken = store.take_confirmation(db, token, mail.now) if token else None
     if taken is None:
         store.log_command(db, mail.now, mail.queue_id, member.address, mail.recipient, "confirm", "no such token", True)
-        text = "This confirmation is unknown, used already or expired: nothing was changed.\n"
+        text = "This confirmation is unknown, used already or expired: nothing was changed.\n" + notice
         _reply(db, mail, cfg, member, "Re: " + (mail.info.subject or "confirm")[:190], text, sign, new_id)
         return ok
     address, commands = taken
@@ -574,7 +575,8 @@ def _confirm(
         paragraphs.append(f"> {cmd}\n{result}")
         store.log_command(db, mail.now, mail.queue_id, owner.address, mail.recipient, f"{cmd} (confirmed)",
                           result.splitlines()[0], True)  # fmt: skip
-    _reply(db, mail, cfg, owner, "Re: " + (mail.info.subject or "confirm")[:190], "\n".join(paragraphs), sign, new_id)
+    text = "\n".join(paragraphs) + (notice if owner.id == member.id else "")
+    _reply(db, mail, cfg, owner, "Re: " + (mail.info.subject or "confirm")[:190], text, sign, new_id)
     return ok
 
 
