@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import json
 import random
 import re
 import sqlite3
@@ -12,14 +14,16 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from lmtpd import commands, policy
+from lmtpd.cli import main
 from lmtpd.config import Config
+from lmtpd.message import read_headers, split_message
 from lmtpd.runtime import open_runtime
 from lmtpd.store import connect_sync
 
 from .helpers.club import message, new_club, rows
-from .helpers.lmtpclient import send
 from .helpers.sink import Sink
 from .helpers.timing import Clock
 
@@ -103,8 +107,6 @@ def test_html_only_body_and_utf8_subject():
 )
 def test_automatic_mail_is_never_answered(mail_from: str, extra: str, why: str):
     raw = mail(extra=extra)
-    from lmtpd.message import read_headers, split_message
-
     assert why in commands.is_automatic(read_headers(raw), mail_from, split_message(raw)[0])
     assert commands.is_automatic(read_headers(mail()), "bob@example.net", split_message(mail())[0]) == ""
 
@@ -323,3 +325,27 @@ async def test_request_mail_without_a_command_reaches_the_owner(club: Club):
     reply = await club.send(mail(subject="Question", body="Can my brother come along?\r\n"))
     assert "forwarded to the list owner" in reply
     assert [r[0] for r in rows(club.cfg, "SELECT kind FROM posts")] == ["forward"]
+
+
+# ------------------------------------------------------------------ operator
+
+
+async def test_lists_set_opens_a_list_and_commands_log_shows_what_happened(club: Club):
+    async def cli(*args: str):  # in a thread: the CLI runs an event loop of its own
+        return await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(club.cfg.source), *args])
+
+    assert (await cli("lists", "set", "trainers", "--self-join", "--roster", "members")).exit_code == 0
+    assert (await cli("lists", "set", "chess", "--self-join")).exit_code == 65
+    await club.send(mail(subject="join trainers", proven=True))
+    assert club.lists_of("bob@example.net") == ["trainers", "youth"]
+    await club.send(mail(subject="who trainers"))
+    assert "Carla <carla@example.com>" in club.answers()[-1].get_content()
+    result = await cli("commands", "log", "--json")
+    assert result.exit_code == 0
+    logged = json.loads(result.output)
+    assert [(e["address"], e["command"]) for e in logged] == [
+        ("bob@example.net", "join trainers"),
+        ("bob@example.net", "who trainers"),
+    ]
+    assert "You joined trainers" in logged[0]["outcome"]
+    assert "join trainers" in (await cli("commands", "log")).output

@@ -161,8 +161,8 @@ async def command_log(db: aiosqlite.Connection, address: str | None = None, limi
         where, params = "WHERE address = ?", (address,)
     rows = await fetchall(
         db,
-        f"SELECT * FROM (SELECT at, queue_id, address, recipient, command, outcome, replied FROM command_log {where}"
-        " ORDER BY id DESC LIMIT ?) ORDER BY at",
+        "SELECT at, queue_id, address, recipient, command, outcome, replied FROM (SELECT * FROM command_log"
+        f" {where} ORDER BY id DESC LIMIT ?) ORDER BY at, id",
         (*params, limit),
     )
     return [dict(r) for r in rows]
