@@ -8,7 +8,8 @@ for a post we do not want (no backscatter to forged senders).
 Decisions for recipients in the club domain: an unknown list or address 550 5.1.1;
 a post from an envelope sender who may not post there, or from the null sender,
 550 5.7.1; a member at the daily limit 550 5.7.1; the bounce address takes mail from
-anyone; command addresses only members (leave and confirm addresses: anyone). Optional TLS rules: ``require_tls`` defers plain-text posts (450 4.7.0), and
+anyone; command addresses only members (leave and confirm addresses: anyone).
+Optional TLS rules: ``require_tls`` defers plain-text posts (450 4.7.0), and
 ``trusted_clients`` lists the client certificates (fingerprints or subjects) that
 posts must come with. Anything else gets DUNNO: Postfix's other rules decide.
 """
