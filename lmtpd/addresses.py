@@ -8,12 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 POST, BOUNCES, REQUEST, OWNER = "post", "bounces", "request", "owner"
-SUFFIXES = {"-bounces": BOUNCES, "-request": REQUEST, "-owner": OWNER}
+JOIN, LEAVE, CONFIRM = "join", "leave", "confirm"  # mail commands whose address is the command
+SUFFIXES = {
+    "-bounces": BOUNCES, "-request": REQUEST, "-owner": OWNER, "-join": JOIN, "-subscribe": JOIN,
+    "-leave": LEAVE, "-unsubscribe": LEAVE, "-confirm": CONFIRM,
+}  # fmt: skip
+COMMAND_KINDS = (REQUEST, JOIN, LEAVE, CONFIRM)
 
 
 @dataclass(frozen=True)
 class Recipient:
-    """What a club address is for: a list post, its bounces, its request or owner address."""
+    """What a club address is for: a list post, its bounces, its request, owner or command addresses."""
 
     kind: str
     list_name: str

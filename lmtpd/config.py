@@ -113,6 +113,13 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    address: str = "lists"  # local part of the club-wide command address
+    per_hour: int = 10  # command mails a member may send per hour; then one notice, then silence
+    confirm_days: float = 3  # how long a confirmation token works
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     posts_per_day: int = 20
     max_received: int = 30  # more Received headers than this: a loop, not posted
@@ -134,6 +141,7 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     source: Path | None = None
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
 
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -182,6 +190,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     auth = top.section("auth")
     bounces = top.section("bounces")
     dkim_section = top.section("dkim")
+    commands = top.section("commands")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -272,6 +281,14 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     if bool(dkim_cfg.selector) != bool(dkim_cfg.key_file):
         raise ConfigError("[dkim] selector and key_file: give both or neither")
     dkim_section.done()
+    commands_cfg = CommandsConfig(
+        address=commands.string("address", CommandsConfig.address).lower(),
+        per_hour=commands.integer("per_hour", CommandsConfig.per_hour, low=1),
+        confirm_days=commands.number("confirm_days", CommandsConfig.confirm_days, low=0.01),
+    )
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", commands_cfg.address):
+        raise ConfigError(f"[commands] address: expected the local part of an address, got {commands_cfg.address!r}")
+    commands.done()
     return Config(
         domain=domain,
         database=database,
@@ -287,6 +304,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         bounces=bounces_cfg,
         dkim=dkim_cfg,
         source=source,
+        commands=commands_cfg,
     )
 
 

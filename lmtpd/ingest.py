@@ -17,8 +17,8 @@ from datetime import date
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from . import auth, queue
-from .addresses import BOUNCES, OWNER, POST, REQUEST, parse_recipient
+from . import auth, commands, queue
+from .addresses import BOUNCES, OWNER, POST, REQUEST, Recipient, parse_recipient
 from .config import Config
 from .copies import ListStyle, Signer, copy_headers
 from .headers import field as header_field
@@ -49,9 +49,12 @@ class Arrival:
     auth: str = ""  # what sender authentication found
     auth_refusals: dict[str, str] = field(default_factory=dict)  # list name -> refusal
     copy_headers: dict[str, bytes] = field(default_factory=dict)  # list name -> the copies' headers
+    proven: bool = False  # the author is proven, for mail commands (aligned DKIM/SPF, trusted results)
 
 
-def accept(db: sqlite3.Connection, arrival: Arrival, cfg: Config) -> tuple[list[str], int]:
+def accept(
+    db: sqlite3.Connection, arrival: Arrival, cfg: Config, signer: Signer | None = None
+) -> tuple[list[str], int]:
     """Decide every recipient of ``arrival`` and store what is accepted.
 
     Each list is decided in a savepoint of its own: a database error while storing
@@ -68,7 +71,13 @@ def accept(db: sqlite3.Connection, arrival: Arrival, cfg: Config) -> tuple[list[
     queued = 0  # posts and forwards with copies to send
     day = date.fromtimestamp(arrival.arrived_at).isoformat()
     for address in arrival.recipients:
-        rcpt, refusal = parse_recipient(address, cfg.domain, cfg.bounces.verp_delimiters[0])
+        rcpt, refusal = commands.target(address, cfg)
+        if rcpt is not None and commands.is_command(rcpt):
+            reply = _command(db, arrival, address, rcpt, cfg, signer, handled)
+            if reply:
+                queued += reply.startswith("250")  # wakes the worker for an answer, if one was queued
+                replies.append(reply)
+                continue  # else no command at all: forwarded to the administrator below
         lst = members.find_list(db, rcpt.list_name) if rcpt else None
         if rcpt and lst is None:
             refusal = f"550 5.1.1 <{address}>: no such list"
@@ -93,7 +102,7 @@ def accept(db: sqlite3.Connection, arrival: Arrival, cfg: Config) -> tuple[list[
             )
             replies.append(f"250 2.0.0 <{address}> {arrival.queue_id} bounce stored")
             continue
-        if rcpt.kind in (REQUEST, OWNER):  # until mail commands exist, the owner reads them
+        if rcpt.kind in (REQUEST, OWNER):  # mail to -request that holds no command is for the owner too
             forward = queue.new_queue_id()
             queue.enqueue_forward(db, forward, lst.name, forwarded(arrival.raw, address), arrival.arrived_at, cfg)
             queued += 1
@@ -140,6 +149,28 @@ def accept(db: sqlite3.Connection, arrival: Arrival, cfg: Config) -> tuple[list[
     for r in replies:
         r.encode("utf-8")
     return replies, queued
+
+
+def _command(
+    db: sqlite3.Connection, arrival: Arrival, address: str, rcpt: Recipient, cfg: Config, signer: Signer | None,
+    handled: set[str],
+) -> str:  # fmt: skip
+    """The reply for a command address: answered in a savepoint; "" if the mail holds no command."""
+    if address.lower() in handled:
+        return f"250 2.0.0 <{address}> {arrival.queue_id} already accepted"
+    mail = commands.Incoming(
+        arrival.queue_id, address, rcpt, arrival.mail_from, arrival.headers, arrival.raw, arrival.proven,
+        arrival.arrived_at,
+    )  # fmt: skip
+    try:
+        with savepoint(db, "command"):
+            reply = commands.answer(db, mail, cfg, signer.sign if signer else None, queue.new_queue_id)
+    except Exception:
+        log.exception("%s: answering the command mail to %s failed", arrival.queue_id, address)
+        return TEMPFAIL
+    if reply:
+        handled.add(address.lower())
+    return reply
 
 
 def _store_message(db: sqlite3.Connection, arrival: Arrival, author: str) -> int:
@@ -247,9 +278,13 @@ class IngestHandler(HooksOnly):
         """Every recipient's fate that can be known now is decided now, not after DATA."""
         if not valid_text(address):
             return f"553 5.1.3 <{printable(address)}>: recipient address is not valid UTF-8"
-        rcpt, refusal = parse_recipient(address, self.cfg.domain, self.cfg.bounces.verp_delimiters[0])
+        rcpt, refusal = commands.target(address, self.cfg)
         if rcpt is None:
             return refusal
+        if commands.is_command(rcpt):  # decided after DATA, from the From header and its proof
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+            return "250 2.1.5 OK"
         if rcpt.kind == POST and envelope.mail_from in (None, "", "<>"):
             return (
                 f"550 5.7.1 <{address}>: a list does not take mail from the null sender "
@@ -285,8 +320,9 @@ class IngestHandler(HooksOnly):
         lists = self._post_lists(rcpts)
         summary, refusals = await self.authenticate(raw, mail_from, headers, lists, trusted)
         copies = await self.prepare_copies(raw, headers, [lst for lst in lists if lst.name not in refusals])
-        arrival = Arrival(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals, copies)
-        replies, queued = await self.writer.submit(lambda db: accept(db, arrival, self.cfg))
+        proven = await self.command_proof(raw, mail_from, headers, rcpts, trusted)
+        arrival = Arrival(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals, copies, proven)
+        replies, queued = await self.writer.submit(lambda db: accept(db, arrival, self.cfg, self.signer))
         for rcpt, reply in zip(rcpts, replies, strict=False):
             log.info(
                 "%s: from=<%s>, author=<%s>, to=<%s>, size=%d, message-id=%s: %s",
@@ -332,6 +368,19 @@ class IngestHandler(HooksOnly):
             if reason:
                 refusals[name] = reason
         return result.summary(), refusals
+
+    async def command_proof(
+        self, raw: bytes, mail_from: str, headers: HeaderInfo, rcpts: list[str], trusted: list[str]
+    ) -> bool:
+        """Whether a command mail proves its author as a post would; False if there is no command address."""
+        targets = [commands.target(r, self.cfg)[0] for r in rcpts]
+        if headers.author is None or not any(t is not None and commands.is_command(t) for t in targets):
+            return False
+        domain = headers.author.rpartition("@")[2]
+        result = auth.from_results(trusted, self.cfg.auth.authserv_id, domain) if trusted else None
+        if result is None and self.checker is not None:
+            result = await self.checker.authenticate(raw, mail_from, domain)
+        return result is not None and result.aligned_pass(domain)
 
     async def _dmarc_enforced(self, domain: str) -> bool | None:
         if self.checker is None:

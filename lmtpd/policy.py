@@ -8,7 +8,8 @@ for a post we do not want (no backscatter to forged senders).
 Decisions for recipients in the club domain: an unknown list or address 550 5.1.1;
 a post from an envelope sender who may not post there, or from the null sender,
 550 5.7.1; a member at the daily limit 550 5.7.1; the bounce address takes mail from
-anyone. Optional TLS rules: ``require_tls`` defers plain-text posts (450 4.7.0), and
+anyone; command addresses only members (leave and confirm addresses: anyone).
+Optional TLS rules: ``require_tls`` defers plain-text posts (450 4.7.0), and
 ``trusted_clients`` lists the client certificates (fingerprints or subjects) that
 posts must come with. Anything else gets DUNNO: Postfix's other rules decide.
 """
@@ -22,7 +23,8 @@ import time
 from collections.abc import Callable
 from datetime import date
 
-from .addresses import POST, normalize_address, parse_recipient
+from . import commands
+from .addresses import POST, normalize_address
 from .config import Config
 from .headers import printable
 from .lmtp import TEMPFAIL
@@ -41,14 +43,16 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     if request.get("request") != "smtpd_access_policy" or request.get("protocol_state", "RCPT") != "RCPT":
         return DUNNO
     recipient = request.get("recipient", "")
-    rcpt, refusal = parse_recipient(recipient, cfg.domain, cfg.bounces.verp_delimiters[0])
+    rcpt, refusal = commands.target(recipient, cfg)
     if rcpt is None or recipient.lower() == cfg.admin.lower():
         return DUNNO  # not ours (or the administrator's): Postfix's own rules decide
+    if commands.is_command(rcpt):
+        return commands.policy_refusal(db, rcpt, recipient, request.get("sender", ""), cfg) or DUNNO
     lst = members.find_list(db, rcpt.list_name)
     if lst is None:
         return f"550 5.1.1 <{recipient}>: no such list"
     if rcpt.kind != POST:
-        return DUNNO  # bounce, request and owner addresses take mail from anyone
+        return DUNNO  # bounce and owner addresses take mail from anyone
     sender = request.get("sender", "")
     if not sender:
         return f"550 5.7.1 <{recipient}>: a list does not take mail from the null sender"

@@ -246,12 +246,11 @@ def enqueue_report(
 
 
 def enqueue_forward(db: sqlite3.Connection, queue_id: str, list_name: str, raw: bytes, now: float, cfg: Config) -> None:
-    """Mail to a -request or -owner address, passed on: one copy to the administrator.
+    """Mail to a -owner address (or to -request, not a command), passed on: one copy to the administrator.
 
-    Stored as kind 'report' (see :class:`~lmtpd.store.posts.PostKind`), so, like a
-    report, it is never reported on.
+    Of kind 'forward': like a report, it is never reported on.
     """
-    _to_admin(db, PostKind.REPORT, queue_id, list_name, raw, now, cfg)
+    _to_admin(db, PostKind.FORWARD, queue_id, list_name, raw, now, cfg)
 
 
 def _to_admin(

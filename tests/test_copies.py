@@ -196,9 +196,10 @@ async def test_loops_and_automatic_mail_are_accepted_but_not_posted(tmp_path: Pa
     assert {e["state"] for e in listed} == {"dropped"}
 
 
-async def test_mail_to_the_request_address_reaches_the_owner(tmp_path: Path):
+async def test_mail_to_the_request_address_without_a_command_reaches_the_owner(tmp_path: Path):
     cfg = await new_club(tmp_path, "127.0.0.1:8024", 1)
-    replies = await post_with_signer(cfg, message(subject="unsubscribe"), ["youth-request@myclub.org"], "x@example.org")
+    question = message(subject="A question", body="Can my brother come along?\r\n")
+    replies = await post_with_signer(cfg, question, ["youth-request@myclub.org"], "x@example.org")
     assert "forwarded to the list owner" in replies[0]
     db = sqlite3.connect(cfg.database)
     row = db.execute(

@@ -149,3 +149,16 @@ async def test_delay_warning(tmp_path, sink: Sink, clock: Clock):
     _, blocks = parse_report(warnings[0].data)
     assert [(b["Final-Recipient"], b["Action"]) for b in blocks[1:]] == [("rfc822; bob@example.net", "delayed")]
     await club.close()
+
+
+async def test_never_a_report_about_a_forward(delivering_club: DeliveringClub, sink: Sink):
+    sink.rcpt_replies = {ADMIN: "550 5.1.1 admin mailbox gone"}
+    replies = await delivering_club.runtime.ingest().decide(
+        "stranger@example.org", ["youth-owner@myclub.org"], message("Stranger <stranger@example.org>")
+    )
+    assert replies[0].startswith("250") and "forwarded" in replies[0]
+    assert [r[0] for r in delivering_club.rows("SELECT kind FROM posts")] == ["forward"]
+    await delivering_club.worker.deliver_due()  # the forward fails
+    assert delivering_club.rows("SELECT state FROM deliveries")[0][0] == "failed"
+    assert await delivering_club.worker.deliver_due() == {}
+    assert delivering_club.rows("SELECT * FROM posts WHERE kind = 'report'") == []

@@ -135,3 +135,29 @@ async def test_rows_come_out_as_frozen_records(club_config: Config):
     assert youth is not None and youth.name == "youth" and youth["posters"] == "club"
     with pytest.raises(dataclasses.FrozenInstanceError):
         youth.name = "other"  # type: ignore[misc]
+
+
+async def test_rebuilding_posts_in_a_migration_keeps_every_copy(tmp_path, monkeypatch):
+    from lmtpd.store import engine
+
+    db = await engine.connect(tmp_path / "old.sqlite3")
+    known = engine.migrations()
+    monkeypatch.setattr(engine, "migrations", lambda: known[:6])
+    await engine.upgrade(db)
+    forward = b"X-Lmtpd-Forwarded-For: <youth-owner@myclub.org>\r\nSubject: hi\r\n\r\nx\r\n"
+    await db.execute(
+        "INSERT INTO messages (queue_id, mail_from, author, size, raw, arrived_at) VALUES ('A', '', 'x', 1, ?, 0)",
+        (forward,),
+    )
+    await db.execute(
+        "INSERT INTO posts (message_id, list_name, sender, accepted_at, kind) VALUES (1, 'y', '', 0, 'report')"
+    )
+    await db.execute(
+        "INSERT INTO deliveries (post_id, recipient, created_at, next_attempt_at) VALUES (1, 'a@b.c', 0, 0)"
+    )
+    monkeypatch.setattr(engine, "migrations", lambda: known)
+    assert [m.version for m in await engine.upgrade(db)] == list(range(7, len(known) + 1))
+    assert [tuple(r) for r in await engine.fetchall(db, "SELECT id, kind FROM posts")] == [(1, "forward")]
+    assert [tuple(r) for r in await engine.fetchall(db, "SELECT post_id FROM deliveries")] == [(1,)]
+    assert tuple(await engine.fetchone(db, "PRAGMA foreign_keys")) == (1,)
+    await db.close()

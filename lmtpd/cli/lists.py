@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from .. import roster
+from .. import roster as roster_module
+from ..store import commands as command_store
 from .base import State, emit, main, pass_state
 
 # -------------------------------------------------------------------- lists
@@ -71,6 +73,27 @@ def lists_remove(state: State, name: str) -> None:
     """Delete list NAME and its memberships (members stay in the club)."""
     state.write(lambda db: roster.remove_list(db, name))
     click.echo(f"list {name.lower()} removed")
+
+
+@lists_group.command("set")
+@click.argument("name")
+@click.option("--self-join/--no-self-join", default=None, help="Members may join by mail (join NAME).")
+@click.option(
+    "--roster",
+    type=click.Choice(["members", "admin", "nobody"]),
+    default=None,
+    help="Who may see the list's members: its members by mail ('who NAME'), the administrator, nobody.",
+)
+@pass_state
+def lists_set(state: State, name: str, self_join: bool | None, roster: str | None) -> None:
+    """Change what members may do with list NAME by mail."""
+
+    async def change(db):
+        if not await command_store.set_list_commands(db, name.strip().lower(), self_join, roster):
+            raise roster_module.RosterError(f"no such list: {name}")
+
+    state.write(change)
+    click.echo(f"list {name.lower()} updated")
 
 
 @lists_group.command("list")

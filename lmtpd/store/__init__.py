@@ -32,7 +32,7 @@ message
     ``message_id`` always means the Message-ID header.
 post
     One message accepted for one list: a ``posts`` row of kind ``list``. lmtpd's
-    own mail (reports, forwards) is stored as posts too, of kind ``report``
+    own mail is stored as posts too, of kind ``report``, ``forward`` or ``reply``
     (:class:`PostKind`).
 copy
     One per member per post, what the worker sends: a ``deliveries`` row
@@ -42,8 +42,10 @@ report
     summaries. Never about a report or a forward.
 forward
     Mail to a list's -request or -owner address, passed to the administrator as it
-    came (with X-Lmtpd-Forwarded-For). Stored as kind ``report`` for now, so it is
-    never reported on either; see :class:`PostKind` for what its own kind needs.
+    came (with X-Lmtpd-Forwarded-For): kind ``forward``, never reported on either.
+reply
+    lmtpd's answer to a member's command mail (kind ``reply``): null envelope
+    sender, ``Auto-Submitted: auto-replied``, one copy to the member.
 queue id
     The short id of one message, shared by its posts and copies, as in the logs.
 bounce class

@@ -176,14 +176,23 @@ async def upgrade(db: aiosqlite.Connection, now: float | None = None) -> list[Mi
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL);\n"
             f"{mig.sql}\n;\n"
             f"INSERT INTO schema_migrations VALUES ({mig.version}, '{mig.name}', {stamp});\n"
-            "COMMIT;"
         )
+        # Foreign keys off around the migration (a no-op inside a transaction, so
+        # before BEGIN): rebuilding a table drops the old one, and with them on that
+        # would cascade-delete every row referring to it. Checked before COMMIT instead.
+        await db.execute("PRAGMA foreign_keys = OFF")
         try:
             await db.executescript(script)
+            broken = await fetchall(db, "PRAGMA foreign_key_check")
+            if broken:
+                raise sqlite3.IntegrityError(f"{len(broken)} rows break foreign keys, e.g. in {broken[0][0]}")
+            await db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 await db.rollback()
             raise StoreError(f"migration {mig.version:04d}_{mig.name} failed: {exc}") from None
+        finally:
+            await db.execute("PRAGMA foreign_keys = ON")
         log.info("applied migration %04d_%s", mig.version, mig.name)
         applied.append(mig)
     return applied

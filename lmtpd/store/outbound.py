@@ -70,6 +70,7 @@ FANOUT = BatchWork(
                CROSS JOIN memberships ms ON ms.list_id = f.list_id
                JOIN members m ON m.id = ms.member_id
          WHERE m.active = 1 AND m.delivery_disabled_at IS NULL
+           AND (m.paused_at IS NULL OR m.paused_until <= f.at)  -- a pause (mail commands) ended
          ORDER BY f.post_id, m.address
         """,
         "DELETE FROM temp.fanout",

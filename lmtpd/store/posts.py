@@ -20,15 +20,12 @@ from .records import Record
 
 
 class PostKind(StrEnum):
-    """posts.kind: what a post is. Only LIST posts are ever reported on.
-
-    Forwards (mail to -request and -owner addresses) are stored as REPORT for now:
-    a kind of their own needs migration 0007 (posts.kind's CHECK allows only these
-    two) and tests/test_fuzz_lmtp.py, which finds forwards by kind 'report', to follow.
-    """
+    """posts.kind: what a post is. Only LIST posts are ever reported on."""
 
     LIST = "list"  # a member's post to a list
-    REPORT = "report"  # lmtpd's own mail to the administrator: reports, and forwards for now
+    REPORT = "report"  # lmtpd's own mail to the administrator: delivery reports, summaries
+    FORWARD = "forward"  # mail to -owner (or -request mail that is no command), passed to the administrator
+    REPLY = "reply"  # lmtpd's answer to a member's command mail (lmtpd.commands)
 
 
 @dataclass(frozen=True)
