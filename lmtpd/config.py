@@ -307,7 +307,7 @@ def _reminders(section: _Section, domain: str) -> RemindersConfig:
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"[reminders] timezone: unknown time zone {tz!r} (use a name such as Europe/Berlin)") from None
+        raise ConfigError(f"[reminders] timezone: unknown time zone {tz!r} (a name such as Europe/Berlin)") from None
     sender = section.address("sender") if "sender" in section.data else ""
     if sender and sender.rpartition("@")[2] != domain:
         raise ConfigError(f"[reminders] sender: must be an address of the club domain {domain}, got {sender!r}")
