@@ -270,7 +270,10 @@ def _ics(rule: Rule, after: float, tz: ZoneInfo) -> Iterator[Occurrence]:
     """The reminders of an imported event: occurrences expanded window by window, cancelled ones left out."""
     cal = _calendar(rule.spec)
     longest = max((_seconds(o) for o in rule.offsets), default=0)
-    start = datetime.fromtimestamp(after, UTC) - timedelta(seconds=1)
+    starts = [_event_start(ev.get("DTSTART").dt, tz)[1] for ev in cal.walk("VEVENT") if ev.get("DTSTART")]
+    if not starts:
+        return
+    start = datetime.fromtimestamp(max(after, min(starts) - longest - 1), UTC)  # no years of empty windows
     for _ in range(ICS_WINDOWS):
         end = start + ICS_WINDOW
         events = recurring_ical_events.of(cal).between(start, end + timedelta(seconds=longest))
