@@ -13,11 +13,12 @@ import re
 from email import message_from_bytes
 from email.policy import default
 
+import pytest
 from click.testing import CliRunner
 
 from lmtpd import reminder_admin
 from lmtpd.cli import main
-from lmtpd.config import Config
+from lmtpd.config import Config, ConfigError, load
 from lmtpd.reminder_admin import Schedule
 from lmtpd.runtime import open_runtime
 from lmtpd.schedule import every as readable
@@ -179,3 +180,23 @@ async def test_command_line(club_config, sink: Sink):
     assert nope.exit_code == 65
     assert (await cli(club_config, "reminders", "remove", str(rid))).exit_code == 0
     assert (await cli(club_config, "reminders", "show", str(rid))).exit_code == 66
+
+
+def test_reminders_configuration(tmp_path):
+    base = 'domain = "myclub.org"\ndatabase = "x.db"\nadmin = "a@example.org"\n[lmtp]\nlisten = "127.0.0.1:8024"\n'
+    path = tmp_path / "lmtpd.toml"
+    path.write_text(base + '[reminders]\ntimezone = "Europe/Berlin"\ngrace = 3600\nsender = "club@myclub.org"\n')
+    cfg = load(path)
+    assert (cfg.reminders.timezone, cfg.reminders.grace, cfg.reminders.sender) == (
+        "Europe/Berlin",
+        3600,
+        "club@myclub.org",
+    )
+    for bad, message in [
+        ('timezone = "Europe/Atlantis"', "[reminders] timezone: unknown time zone"),
+        ('sender = "club@example.org"', "[reminders] sender: must be an address of the club domain"),
+        ("grace = -1", "[reminders] grace: must be at least 0"),
+    ]:
+        path.write_text(base + f"[reminders]\n{bad}\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load(path)
