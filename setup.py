@@ -24,6 +24,11 @@ setup(
         "flufl.bounce>=4.0",  # reading bounces that are not RFC 3464 reports
         "cryptography>=41",  # `lmtpd dkim keygen`
         "authres>=1.2",  # reading Authentication-Results (RFC 8601) of our own MTA
+        "python-dateutil>=2.8",  # reminders: RFC 5545 RRULE expansion (dateutil.rrule), not hand-written
+        "croniter>=2.0",  # reminders: cron lines, for administrators who think in crontab
+        "icalendar>=5.0",  # reminders: reading the club's calendar file (RFC 5545)
+        "recurring-ical-events>=2.0",  # reminders: a calendar's series with EXDATE, moved and cancelled occurrences
+        "tzdata",  # reminders: zoneinfo's time zones where the system has none
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-asyncio>=0.24", "trustme>=1.1", "ruff"],

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ENV_VAR = "LMTPD_CONFIG"
 
@@ -126,6 +127,13 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RemindersConfig:
+    timezone: str = "UTC"  # for reminders that name none (an IANA name: Europe/Berlin)
+    grace: float = 6 * 3600.0  # an occurrence missed by less (lmtpd was down) is sent late; older ones skipped
+    sender: str = ""  # From of reminders, an address of the club domain; empty: the list's own address
+
+
+@dataclass(frozen=True)
 class Config:
     domain: str
     database: Path
@@ -140,6 +148,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    reminders: RemindersConfig = field(default_factory=RemindersConfig)
     source: Path | None = None
     commands: CommandsConfig = field(default_factory=CommandsConfig)
 
@@ -191,6 +200,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     bounces = top.section("bounces")
     dkim_section = top.section("dkim")
     commands = top.section("commands")
+    reminders_section = top.section("reminders")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -289,6 +299,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", commands_cfg.address):
         raise ConfigError(f"[commands] address: expected the local part of an address, got {commands_cfg.address!r}")
     commands.done()
+    reminders_cfg = _reminders(reminders_section, domain)
     return Config(
         domain=domain,
         database=database,
@@ -303,9 +314,24 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         auth=auth_cfg,
         bounces=bounces_cfg,
         dkim=dkim_cfg,
+        reminders=reminders_cfg,
         source=source,
         commands=commands_cfg,
     )
+
+
+def _reminders(section: _Section, domain: str) -> RemindersConfig:
+    tz = section.string("timezone", RemindersConfig.timezone)
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"[reminders] timezone: unknown time zone {tz!r} (a name such as Europe/Berlin)") from None
+    sender = section.address("sender") if "sender" in section.data else ""
+    if sender and sender.rpartition("@")[2] != domain:
+        raise ConfigError(f"[reminders] sender: must be an address of the club domain {domain}, got {sender!r}")
+    cfg = RemindersConfig(timezone=tz, grace=section.number("grace", RemindersConfig.grace, low=0), sender=sender)
+    section.done()
+    return cfg
 
 
 def _listen(section: _Section, key: str, base: Path) -> Listen:

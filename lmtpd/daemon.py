@@ -64,6 +64,7 @@ class Service:
         self.policy_server: Listener | None = None
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
+        self._reminders_task: asyncio.Task[None] | None = None
         self.delivery: DeliveryProcess | None = None
         if delivery_command and cfg.relay.deliver:
             self.delivery = DeliveryProcess(delivery_command, cfg.lmtp.shutdown_grace)
@@ -130,6 +131,9 @@ class Service:
             await self.delivery.start()
         elif cfg.relay.deliver and self.worker is not None:
             self._worker_task = loop.create_task(self.worker.run(), name="lmtpd-delivery")
+        # reminders run here, beside ingest: this writer fans out, and wakes the worker as a post does
+        self.scheduler = self.runtime.reminders(self.handler.signer, self.handler.on_accepted)
+        self._reminders_task = loop.create_task(self.scheduler.run(), name="lmtpd-reminders")
         log.info("lmtpd listening on %s for %s", cfg.lmtp.listen, cfg.domain)
 
     def _make_handler(self, cfg: Config) -> IngestHandler:
@@ -170,6 +174,7 @@ class Service:
             log.warning("reload: %s changed: takes effect after a restart", ", ".join(changed))
         self.cfg = cfg = _keep_bound(old, new)
         self.handler = handler
+        self.scheduler.cfg, self.scheduler.signer = cfg, handler.signer
         if self.policy_server is not None:
             self.policy = PolicyServer(cfg, self.reader, self.clock)
         self.lmtp_gate.limit = cfg.lmtp.max_connections
@@ -203,6 +208,9 @@ class Service:
         for session in list(self.sessions):
             if session.transport is not None:
                 session.transport.close()
+        if self._reminders_task is not None:
+            await self.scheduler.stop()
+            await self._reminders_task  # a post being stored commits first
         if self.delivery is not None:
             await self.delivery.stop()
         if self.worker is not None:

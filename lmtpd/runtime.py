@@ -24,6 +24,7 @@ from .config import Config
 from .copies import Signer
 from .delivery import Worker
 from .ingest import IngestHandler
+from .reminders import Scheduler
 from .routes import make_resolver
 from .store import Writer, connect_sync, open_database
 from .store.outbound import FANOUT
@@ -50,6 +51,10 @@ class Runtime:
     ) -> IngestHandler:
         """The LMTP hooks, storing through this runtime's writer (which must fan out)."""
         return IngestHandler(cfg or self.cfg, self.writer, self.reader, self.clock, on_accepted, checker, signer)
+
+    def reminders(self, signer: Signer | None = None, on_posted: Callable[[], None] | None = None) -> Scheduler:
+        """The reminders' scheduler, posting through this runtime's writer (which must fan out)."""
+        return Scheduler(self.cfg, self.writer.submit, self.reader, self.clock, signer, on_posted)
 
 
 def make_checker(cfg: Config) -> auth.Checker:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
+import time
 
 import click
 
+from .. import reminder_admin
+from ..config import Config
 from ..copies import Signer, SigningError
 from ..daemon import ListenError, Service, run_delivery
+from ..store import StoreError, open_database
 from .base import DELIVERY_NICENESS, State, database_errors, fail, main, pass_state, setup_logging
 
 
@@ -29,7 +34,27 @@ def check_config(state: State) -> None:
             "(transport_maps), or reports to it come back to lmtpd and are refused",
             err=True,
         )
+    for line in _reminder_problems(cfg):
+        click.echo(f"lmtpd: warning: {line}", err=True)
     click.echo(f"{cfg.source}: OK (domain {cfg.domain}, LMTP on {cfg.lmtp.listen})")
+
+
+def _reminder_problems(cfg: Config) -> list[str]:
+    """Reminders whose list is gone or whose rule never fires again; nothing if the database is not usable."""
+    if not cfg.database.exists():
+        return []
+
+    async def read() -> list[str]:
+        db = await open_database(cfg.database)
+        try:
+            return await reminder_admin.problem_lines(db, time.time())
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(read())
+    except (StoreError, sqlite3.Error):  # check-config checks the file; the database has its own errors
+        return []
 
 
 @main.command()
