@@ -20,6 +20,7 @@ killed midway, or two runs at once, process every bounce exactly once.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sqlite3
@@ -36,6 +37,7 @@ from flufl.bounce import all_failures
 
 from . import headers
 from .addresses import verp_recipient
+from .bounce_reasons import DEAD, NO_FAILURE, STATUS, Reason, classify, find_status, from_status, from_text
 from .config import Config
 from .queue import enqueue_report, new_queue_id
 from .rules import VACATION_SUBJECT
@@ -48,16 +50,21 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-PERMANENT, TEMPORARY, POLICY, AUTO_REPLY, UNRECOGNISED, UNATTRIBUTED = (
+PERMANENT, TEMPORARY, POLICY, AUTO_REPLY, UNRECOGNISED, UNATTRIBUTED, NOTICE, OTHER = (
     BounceClass.PERMANENT, BounceClass.TEMPORARY, BounceClass.POLICY,
     BounceClass.AUTO_REPLY, BounceClass.UNRECOGNISED, BounceClass.UNATTRIBUTED,
+    BounceClass.NOTICE, BounceClass.OTHER,
 )  # fmt: skip
 
-_POLICY_WORDS = re.compile(
-    r"\b(dmarc|spf|dkim|spam|blocked|block ?list(ed)?|black ?list(ed)?|reputation|policy|"
-    r"not authori[sz]ed to send|rejected for (policy|content) reasons|rbl|spamhaus)\b",
-    re.I,
-)
+@dataclass(frozen=True)
+class Failure:
+    """One recipient a report names, and why its delivery failed (or did not)."""
+
+    recipient: str
+    reason: str
+    status: str = ""
+    diagnostic: str = ""
+    permanent: bool = True
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,43 @@ class Reading:
     recipients: tuple[str, ...] = ()  # the addresses the report says failed
     status: str = ""
     diagnostic: str = ""
+    reason: str = Reason.UNDEFINED
+    failures: tuple[Failure, ...] = ()
+    format: str = ""  # which reader understood it: dsn, arf, ses, qmail, exim...
+
+
+_POLICY_REASONS = frozenset(
+    {
+        Reason.BLOCKED, Reason.REJECTED, Reason.POLICYVIOLATION, Reason.SPAMDETECTED, Reason.VIRUSDETECTED,
+        Reason.SECURITYERROR, Reason.CONTENTERROR, Reason.RATELIMITED, Reason.NORELAYING,
+    }
+)  # fmt: skip
+
+
+def kind_of(reason: str, permanent: bool) -> BounceClass:
+    """The coarse class kept beside the reason (bounces.kind), for listings and older tools."""
+    if reason == Reason.VACATION:
+        return AUTO_REPLY
+    if reason in NO_FAILURE:
+        return NOTICE
+    if not permanent:
+        return TEMPORARY
+    if reason in DEAD or reason in (Reason.MAILBOXFULL, Reason.EXCEEDLIMIT):
+        return PERMANENT
+    return POLICY if reason in _POLICY_REASONS else OTHER
+
+
+def _reading(failures: list[Failure], fmt: str) -> Reading:
+    """The whole report from its failures: the first one that scores speaks for it, else the first."""
+    if not failures:
+        return Reading(UNRECOGNISED, format=fmt)
+    lead = next((f for f in failures if f.reason in DEAD and f.permanent), failures[0])
+    recipients = tuple(dict.fromkeys(f.recipient for f in failures if f.recipient and f.reason not in NO_FAILURE))
+    status = lead.status or ("" if lead.reason in NO_FAILURE else "5.0.0" if lead.permanent else "4.0.0")
+    return Reading(
+        kind_of(lead.reason, lead.permanent), recipients, status, lead.diagnostic[:500], lead.reason,
+        tuple(failures), fmt,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------- reading
@@ -73,6 +117,24 @@ class Reading:
 
 def _text(value: object) -> str:
     return headers.one_line(str(value or ""))
+
+
+_RETURNED = ("message/rfc822", "text/rfc822-headers", "message/global", "message/global-headers")
+
+
+def _report_parts(msg: Message) -> list[Message]:
+    """Every part of the report itself; a returned original (its headers, DKIM, SPF lines) is never read."""
+    parts: list[Message] = []
+    stack = [msg]
+    while stack and len(parts) < 200:
+        part = stack.pop(0)
+        if part.get_content_type() in _RETURNED and part is not msg:
+            continue
+        parts.append(part)
+        if part.is_multipart():
+            payload = part.get_payload()
+            stack[0:0] = [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
+    return parts
 
 
 def _status_blocks(part: Message) -> list[dict[str, str]]:
@@ -108,39 +170,35 @@ def _address(field_value: str) -> str:
     return value
 
 
-def _is_policy(status: str, diagnostic: str) -> bool:
-    return status.startswith("5.7.") or bool(_POLICY_WORDS.search(diagnostic))
+def _diagnostic(value: str) -> str:
+    """``smtp; 550 5.1.1 ...`` -> ``550 5.1.1 ...``; Gmail's continuation codes folded away."""
+    value = value.split(";", 1)[-1].strip() if ";" in value[:20] else value
+    return re.sub(r"\s+[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3} )?", " ", " " + value).strip()
 
 
-def _from_dsn(msg: Message) -> Reading | None:
-    for part in msg.walk():
-        if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status"):
-            break
-    else:
-        return None
-    failed: list[tuple[str, str, str, str]] = []
+def _from_dsn(part: Message, human: str) -> list[Failure] | None:
+    failures = []
     for block in _status_blocks(part)[1:]:
-        action = block.get("action", "").lower()
-        status = block.get("status", "").split()[0] if block.get("status") else ""
+        action = block.get("action", "").lower().strip()
         recipient = _address(block.get("final-recipient") or block.get("original-recipient", ""))
-        if recipient and action in ("failed", "delayed"):
-            failed.append((recipient, action, status, block.get("diagnostic-code", "")))
-    if not failed:
-        return Reading(UNRECOGNISED)
-    recipient, action, status, diagnostic = failed[0]
-    diagnostic = diagnostic.split(";", 1)[-1].strip() if ";" in diagnostic else diagnostic
-    if action == "delayed" or status.startswith("4."):
-        bounce_class = TEMPORARY
-    elif _is_policy(status, diagnostic):
-        bounce_class = POLICY
-    else:
-        bounce_class = PERMANENT
-    return Reading(
-        bounce_class,
-        tuple(r for r, *_ in failed),
-        status or ("5.0.0" if bounce_class != TEMPORARY else "4.0.0"),
-        diagnostic,
-    )
+        if not recipient or not action:
+            continue
+        status = block.get("status", "").split()[0] if block.get("status") else ""
+        if not STATUS.fullmatch(status or "x"):
+            status = ""
+        diagnostic = _diagnostic(block.get("diagnostic-code", ""))
+        status = status or find_status(diagnostic)
+        permanent = action == "failed" and not status.startswith("4.")
+        if action in ("delivered", "relayed", "expanded"):
+            failures.append(Failure(recipient, Reason.DELIVERED, status, diagnostic, False))
+            continue
+        # the diagnostic speaks for its recipient; the human part only when it says nothing we know
+        reason = from_text(diagnostic) or (from_text(human) if len(failures) == 0 else None)
+        reason = reason or classify(status, "", action)
+        if action == "delayed" and reason == Reason.UNDEFINED:
+            reason = Reason.EXPIRED if status == "4.4.7" else Reason.UNDEFINED
+        failures.append(Failure(recipient, reason, status, diagnostic, permanent))
+    return failures or None
 
 
 def _is_vacation(msg: Message) -> bool:
@@ -157,41 +215,194 @@ def _is_auto_reply(msg: Message) -> bool:
     return bool(auto and auto != "no") or _is_vacation(msg)
 
 
-def _body_text(msg: Message) -> str:
+# where a plain-text report ends and the returned message begins
+_COPY_MARKER = re.compile(
+    r"^.{0,10}(below this line is a copy of the message|this is a copy of the message|original message follows|"
+    r"-+ ?original message ?-+|undelivered message attached|the original message was|"
+    r"-+ ?(returned|original) (mail|message) ?-+|headers of the original message|"
+    r"-{3,} ?the header of the original message)",
+    re.I | re.M,
+)
+
+
+def _report_text(parts: list[Message]) -> str:
+    """The human-readable text of the report, cut where a returned copy starts."""
     chunks = []
-    for part in msg.walk():
-        if part.get_content_maintype() == "text":
+    for part in parts:
+        if part.get_content_maintype() == "text" and part.get_content_subtype() in ("plain", "html"):
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
-                chunks.append(payload.decode("utf-8", "replace"))
-    return "\n".join(chunks)[:20000]
+                text = payload.decode(part.get_content_charset("utf-8") or "utf-8", "replace") if _known(
+                    part.get_content_charset("utf-8")
+                ) else payload.decode("utf-8", "replace")
+                if part.get_content_subtype() == "html":
+                    text = re.sub(r"<br\s*/?>|</p>|</div>|</tr>", "\n", text, flags=re.I)
+                    text = re.sub(r"<[^>]{0,2000}>", "", text)
+                chunks.append(text.replace("\r\n", "\n"))
+    text = "\n".join(chunks)[:30000]
+    m = _COPY_MARKER.search(text)
+    return text[: m.start()] if m else text
+
+
+def _known(charset: str | None) -> bool:
+    try:
+        return bool(charset) and "".encode(charset or "") == b""
+    except LookupError:
+        return False
+
+
+_ADDR = r"[^\s<>()\"',;:\[\]]+@[A-Za-z0-9\u00c0-\uffff.-]+[A-Za-z0-9\u00c0-\uffff]"
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    """A plain-text report format: how to recognise it, and where it names a recipient and why."""
+
+    name: str
+    trigger: re.Pattern[str]  # on "From\nSubject\ntext"
+    recipient: re.Pattern[str]  # groups: rcpt, diag (optional)
+
+
+def _fmt(name: str, trigger: str, recipient: str) -> TextFormat:
+    return TextFormat(name, re.compile(trigger, re.I | re.M), re.compile(recipient, re.I | re.M))
+
+
+# The detector table: the first format that triggers and finds a recipient reads the report.
+TEXT_FORMATS: tuple[TextFormat, ...] = (
+    _fmt("office365", r"delivery has failed to these recipients|couldn't be delivered|microsoft|outlook\.com|"
+                      r"office ?365|exchange",
+         rf"(?:^\s*(?P<rcpt>{_ADDR})(?: \(.*\))?\s*\n(?P<diag>(?:.+\n?){{1,4}}))|"
+         rf"(?:your message to (?P<rcpt2>{_ADDR}) couldn't be delivered\.?\s*\n?(?P<diag2>(?:.+\n?){{1,4}}))"),
+    _fmt("domino", r"was not delivered to:",
+         rf"was not delivered to:\s*\n\s*\n?\s*(?P<rcpt>{_ADDR})\s*\n\s*\n?\s*because:\s*\n\s*\n?(?P<diag>.+)"),
+    _fmt("messagelabs", r"failed recipient:|could not deliver message to the following recipient",
+         rf"failed recipient:\s*(?P<rcpt>{_ADDR})\s*\n\s*reason:\s*(?P<diag>.+(?:\n.+)?)"),
+    _fmt("verizon", r"verizon|message could not be delivered to mobile|vtext",
+         rf"addresses?:\s*<?(?P<rcpt>{_ADDR})>?\s*\n(?:.*\n)?\s*(?:reason|error):\s*(?P<diag>.+)"),
+    _fmt("trendmicro", r"interscan|trend ?micro|sent <<< rcpt to",
+         rf"rcpt to:\s*<(?P<rcpt>{_ADDR})>\s*\n\s*received >>> (?P<diag>.+)"),
+    _fmt("sendmail", r"transcript of session follows|the following addresses had permanent fatal errors",
+         rf"^<(?P<rcpt>{_ADDR})>\s*\n\s*\((?:reason|expanded from): (?P<diag>.+)\)"),
+    _fmt("postfix", r"this is the mail system at host",
+         rf"^<(?P<rcpt>{_ADDR})>(?: \(expanded from [^)]*\))?: (?P<diag>.+(?:\n[ \t]+.+)*)"),
+    _fmt("qmail-yahoo-postini", r"qmail|failure notice|unable to deliver (your )?message to the following",
+         rf"^<(?P<rcpt>{_ADDR})>:\s*\n(?P<diag>(?:.+\n?){{1,6}})"),
+    _fmt("exim-gmx-mailru", r"mail delivery software|following address(\(es\))?\s+failed|smtp error from remote",
+         rf"^\s*(?P<rcpt>{_ADDR}):?\s*\n(?P<diag>(?:[ \t]*\S.*\n?){{1,6}})"),
+)  # fmt: skip
+
+_TEMPORARY_TEXT = re.compile(
+    r"\bdelayed\b|still (being )?retried|will (be )?retr(y|ied)|still undelivered|not yet been delivered|"
+    r"temporary (failure|error|problem)|will keep trying|deferred",
+    re.I,
+)
+_PERMANENT_TEXT = re.compile(r"permanent(ly)? (error|failure|fatal)|given up|fatal error", re.I)
+
+
+def _clean(text: str) -> str:
+    return headers.one_line(text)[:500]
+
+
+def _from_text(msg: Message, text: str, extra: frozenset[str]) -> tuple[list[Failure], str]:
+    """A plain-text report through the detector table, then flufl.bounce's addresses."""
+    head = f"{_text(msg.get('From'))}\n{_text(msg.get('Subject'))}\n"
+    temporary = bool(_TEMPORARY_TEXT.search(head + text)) and not _PERMANENT_TEXT.search(text)
+    for fmt in TEXT_FORMATS:
+        if not fmt.trigger.search(head + text[:3000]):
+            continue
+        found: dict[str, str] = {}
+        for m in fmt.recipient.finditer(text):
+            groups = m.groupdict()
+            rcpt = groups.get("rcpt") or groups.get("rcpt2")
+            diag = groups.get("diag") or groups.get("diag2") or ""
+            if rcpt and rcpt.lower() not in found and len(found) < 100:
+                found[rcpt.lower()] = _clean(diag)
+        if found:
+            return [_failure(rcpt, diag or _clean(text), temporary) for rcpt, diag in found.items()], fmt.name
+    if extra:  # flufl.bounce knew the address; the whole report says why
+        line = next((ln.strip() for ln in text.splitlines() if STATUS.search(ln) or re.search(r"\b[45]\d\d\b", ln)), "")
+        return [_failure(a, _clean(line) or _clean(text), temporary) for a in sorted(extra)], "flufl"
+    return [], ""
+
+
+def _failure(recipient: str, diagnostic: str, temporary: bool) -> Failure:
+    status = find_status(diagnostic)
+    code = re.search(r"\b([45])\d\d\b", diagnostic)
+    permanent = not (status.startswith("4.") or temporary or (not status and code and code.group(1) == "4"))
+    return Failure(recipient.strip("<>.").lower(), classify(status, diagnostic), status, diagnostic, permanent)
+
+
+def _from_ses(text: str) -> tuple[list[Failure], str] | None:
+    """An Amazon SES notification (JSON): Bounce, Complaint or Delivery."""
+    start = text.find("{")
+    if start < 0 or '"notificationType"' not in text:
+        return None
+    try:
+        data = json.loads(text[start : text.rfind("}") + 1])
+    except ValueError:
+        return None
+    kind = str(data.get("notificationType", "")) if isinstance(data, dict) else ""
+    if kind == "Delivery":
+        rcpts = data.get("delivery", {}).get("recipients", []) or [""]
+        return [Failure(str(r), Reason.DELIVERED, "2.0.0", "", False) for r in rcpts], "ses"
+    if kind == "Complaint":
+        rcpts = [r.get("emailAddress", "") for r in data.get("complaint", {}).get("complainedRecipients", [])]
+        return [Failure(str(r), Reason.FEEDBACK, "", "", False) for r in rcpts or [""]], "ses"
+    if kind == "Bounce":
+        bounce = data.get("bounce", {})
+        permanent = bounce.get("bounceType") == "Permanent"
+        failures = []
+        for r in bounce.get("bouncedRecipients", [])[:100]:
+            diag = _clean(str(r.get("diagnosticCode", "")))
+            status = str(r.get("status", "")) or find_status(diag)
+            reason = from_text(diag) or from_status(status)
+            if reason is None:
+                sub = str(bounce.get("bounceSubType", ""))
+                reason = {"NoEmail": Reason.USERUNKNOWN, "MailboxFull": Reason.MAILBOXFULL,
+                          "MessageTooLarge": Reason.MESGTOOLARGE, "ContentRejected": Reason.CONTENTERROR,
+                          "Suppressed": Reason.ONHOLD, "OnAccountSuppressionList": Reason.ONHOLD,
+                          }.get(sub, Reason.UNDEFINED)  # fmt: skip
+            failures.append(Failure(str(r.get("emailAddress", "")), reason, status, diag, permanent))
+        return failures, "ses"
+    return None
+
+
+def _is_feedback(msg: Message, parts: list[Message]) -> bool:
+    if msg.get_content_type() == "multipart/report" and msg.get_param("report-type", "").lower() == "feedback-report":
+        return True
+    return any(p.get_content_type() == "message/feedback-report" for p in parts)
 
 
 def read_bounce(raw: bytes) -> Reading:
     """What a message to a bounce address says. Never raises."""
     try:
         msg = message_from_bytes(raw, policy=compat32)
-        dsn = _from_dsn(msg)
-        if dsn is not None and dsn.bounce_class != UNRECOGNISED:
-            return dsn
+        parts = _report_parts(msg)
+        if _is_feedback(msg, parts):
+            return _reading([Failure("", Reason.FEEDBACK, "", _text(msg.get("Subject"))[:200], False)], "arf")
+        text = _report_text(parts)
+        for part in parts:
+            if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status"):
+                failures = _from_dsn(part, text)
+                if failures:
+                    return _reading(failures, "dsn")
+        ses = _from_ses(text)
+        if ses is not None:
+            return _reading(*ses)
+        if _is_vacation(msg):
+            return Reading(AUTO_REPLY, reason=Reason.VACATION, format="vacation")
         try:
             temporary, permanent = all_failures(msg)
         except Exception:  # one of its detectors choked: as if none recognised it
             log.info("flufl.bounce could not read a bounce; treating it as unrecognised")
             temporary, permanent = set(), set()
-        addresses = tuple(sorted(a.decode("utf-8", "replace") for a in (permanent or temporary)))
-        if _is_vacation(msg) or (not addresses and _is_auto_reply(msg)):
-            return Reading(AUTO_REPLY)
-        if not addresses:
-            return Reading(UNRECOGNISED)
-        text = _body_text(msg)
-        m = re.search(r"\b([245]\.\d{1,3}\.\d{1,3})\b", text)
-        status = m.group(1) if m else ""
-        line = next((ln.strip() for ln in text.splitlines() if re.search(r"\b[45]\d\d\b", ln)), "")
-        if not permanent:
-            return Reading(TEMPORARY, addresses, status or "4.0.0", line[:500])
-        bounce_class = POLICY if _is_policy(status, text) else PERMANENT
-        return Reading(bounce_class, addresses, status or "5.0.0", line[:500])
+        extra = frozenset(a.decode("utf-8", "replace").lower() for a in (permanent or temporary))
+        failures, fmt = _from_text(msg, text, extra)
+        if failures:
+            return _reading(failures, fmt)
+        if _is_auto_reply(msg) and not re.search(r"mailer-daemon|postmaster", _text(msg.get("From")), re.I):
+            return Reading(AUTO_REPLY, reason=Reason.VACATION, format="auto-reply")
+        return Reading(UNRECOGNISED)
     except Exception:  # a parser bug must not stop the run: keep the bounce for a human
         log.exception("could not read a bounce")
         return Reading(UNRECOGNISED)

@@ -25,6 +25,8 @@ class BounceClass(StrEnum):
     AUTO_REPLY = "auto-reply"
     UNRECOGNISED = "unrecognised"
     UNATTRIBUTED = "unattributed"  # names no member
+    NOTICE = "notice"  # a delivery notification or a complaint (ARF): no failure
+    OTHER = "other"  # a final failure about neither the mailbox nor policy: size, network, expiry...
 
 
 @dataclass(frozen=True)
