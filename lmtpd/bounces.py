@@ -20,6 +20,7 @@ killed midway, or two runs at once, process every bounce exactly once.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import re
@@ -55,6 +56,7 @@ PERMANENT, TEMPORARY, POLICY, AUTO_REPLY, UNRECOGNISED, UNATTRIBUTED, NOTICE, OT
     BounceClass.AUTO_REPLY, BounceClass.UNRECOGNISED, BounceClass.UNATTRIBUTED,
     BounceClass.NOTICE, BounceClass.OTHER,
 )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -232,9 +234,8 @@ def _report_text(parts: list[Message]) -> str:
         if part.get_content_maintype() == "text" and part.get_content_subtype() in ("plain", "html"):
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
-                text = payload.decode(part.get_content_charset("utf-8") or "utf-8", "replace") if _known(
-                    part.get_content_charset("utf-8")
-                ) else payload.decode("utf-8", "replace")
+                charset = part.get_content_charset() or "utf-8"
+                text = payload.decode(charset if _known(charset) else "utf-8", "replace")
                 if part.get_content_subtype() == "html":
                     text = re.sub(r"<br\s*/?>|</p>|</div>|</tr>", "\n", text, flags=re.I)
                     text = re.sub(r"<[^>]{0,2000}>", "", text)
@@ -244,11 +245,12 @@ def _report_text(parts: list[Message]) -> str:
     return text[: m.start()] if m else text
 
 
-def _known(charset: str | None) -> bool:
+def _known(charset: str) -> bool:
     try:
-        return bool(charset) and "".encode(charset or "") == b""
+        codecs.lookup(charset)
     except LookupError:
         return False
+    return True
 
 
 _ADDR = r"[^\s<>()\"',;:\[\]]+@[A-Za-z0-9\u00c0-\uffff.-]+[A-Za-z0-9\u00c0-\uffff]"
