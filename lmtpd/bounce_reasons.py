@@ -175,3 +175,24 @@ def classify(status: str, text: str, action: str = "failed") -> Reason:
 
 def is_dead(reason: str) -> bool:
     return reason in DEAD
+
+
+# mail providers by the domains their users have; anything else is its own provider
+_PROVIDERS: tuple[tuple[str, str], ...] = (
+    ("outlook.com", r"(^|\.)(outlook|hotmail|live|msn|passport)\.[a-z.]+$|protection\.outlook\.com$"),
+    ("gmail.com", r"(^|\.)(gmail|googlemail)\.com$|google\.com$"),
+    ("yahoo.com", r"(^|\.)(yahoo|ymail|rocketmail|aol|verizon)\.[a-z.]+$|yahoodns\.net$"),
+    ("icloud.com", r"(^|\.)(icloud|me|mac)\.com$"),
+    ("gmx.net", r"(^|\.)(gmx|web)\.(net|de|com|at|ch)$"),
+    ("mail.ru", r"(^|\.)(mail|inbox|list|bk)\.ru$"),
+)
+_PROVIDERS_RE = tuple((name, re.compile(pattern, re.I)) for name, pattern in _PROVIDERS)
+
+
+def provider(address: str) -> str:
+    """The mail provider an address belongs to, for stats and deliverability alerts."""
+    domain = address.rpartition("@")[2].lower().strip(".>")
+    for name, pattern in _PROVIDERS_RE:
+        if pattern.search(domain):
+            return name
+    return domain

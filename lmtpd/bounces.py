@@ -36,9 +36,10 @@ from typing import Any, TypeVar
 
 from flufl.bounce import all_failures
 
+from . import bounce_reasons as br
 from . import headers
 from .addresses import verp_recipient
-from .bounce_reasons import DEAD, NO_FAILURE, STATUS, Reason, classify, find_status, from_status, from_text
+from .bounce_reasons import DEAD, NO_FAILURE, STATUS, Reason, find_status, from_status, from_text
 from .config import Config
 from .queue import enqueue_report, new_queue_id
 from .rules import VACATION_SUBJECT
@@ -196,7 +197,7 @@ def _from_dsn(part: Message, human: str) -> list[Failure] | None:
             continue
         # the diagnostic speaks for its recipient; the human part only when it says nothing we know
         reason = from_text(diagnostic) or (from_text(human) if len(failures) == 0 else None)
-        reason = reason or classify(status, "", action)
+        reason = reason or br.classify(status, "", action)
         if action == "delayed" and reason == Reason.UNDEFINED:
             reason = Reason.EXPIRED if status == "4.4.7" else Reason.UNDEFINED
         failures.append(Failure(recipient, reason, status, diagnostic, permanent))
@@ -331,7 +332,7 @@ def _failure(recipient: str, diagnostic: str, temporary: bool) -> Failure:
     status = find_status(diagnostic)
     code = re.search(r"\b([45])\d\d\b", diagnostic)
     permanent = not (status.startswith("4.") or temporary or (not status and code and code.group(1) == "4"))
-    return Failure(recipient.strip("<>.").lower(), classify(status, diagnostic), status, diagnostic, permanent)
+    return Failure(recipient.strip("<>.").lower(), br.classify(status, diagnostic), status, diagnostic, permanent)
 
 
 def _from_ses(text: str) -> tuple[list[Failure], str] | None:
@@ -445,32 +446,89 @@ def _process_one(db: sqlite3.Connection, bounce_id: int, cfg: Config, now: float
     bounce = stored.take_unprocessed(db, bounce_id)
     if bounce is None:
         return None
-    reading = read_bounce(bounce.raw)
-    address = verp_recipient(bounce.extension, cfg.bounces.verp_delimiters)
-    member = db_members.find_member(db, address) if address else None
-    if member is None:  # no VERP: a report that names exactly one member will do
-        named = [m for m in (db_members.find_member(db, a) for a in reading.recipients) if m is not None]
-        member = named[0] if len({m.id for m in named}) == 1 else None
-    bounce_class = reading.bounce_class
-    if member is None and bounce_class not in (AUTO_REPLY,):
+    bounce_class, disabled = _apply(db, bounce_id, bounce.queue_id, bounce.extension, bounce.raw, cfg, now, now)
+    return str(bounce_class), disabled[0] if disabled else ""
+
+
+def _attribute(db: sqlite3.Connection, reading: Reading, verp: str | None) -> list[tuple[Member | None, Failure]]:
+    """Who each failure is about: the VERP member for the report's lead, else every failed member it names."""
+    failures = list(reading.failures) or [Failure("", reading.reason, reading.status, reading.diagnostic)]
+    if verp:
+        member = db_members.find_member(db, verp)
+        own = [f for f in failures if f.recipient.lower() == verp.lower()]
+        lead = own[0] if own else next((f for f in failures if f.reason in DEAD and f.permanent), failures[0])
+        return [(member, lead)]
+    seen: set[int] = set()
+    named: list[tuple[Member | None, Failure]] = []
+    for failure in failures[:100]:
+        member = db_members.find_member(db, failure.recipient) if failure.recipient else None
+        if member is not None and member.id in seen:
+            continue
+        if member is not None:
+            seen.add(member.id)
+        named.append((member, failure))
+    return named
+
+
+def _apply(
+    db: sqlite3.Connection, bounce_id: int, queue_id: str, extension: str, raw: bytes, cfg: Config, now: float,
+    arrived_at: float,
+) -> tuple[str, list[str]]:  # fmt: skip
+    """Read one bounce, record every failure it names, score the dead addresses of members."""
+    reading = read_bounce(raw)
+    address = verp_recipient(extension, cfg.bounces.verp_delimiters)
+    attributed = _attribute(db, reading, address)
+    primary = next(((m, f) for m, f in attributed if m is not None), None)
+    any_counted, disabled = False, []
+    for member, failure in attributed:
+        counted = False
+        if member is not None and failure.reason not in NO_FAILURE:
+            counted, gone = _score(db, member, failure, cfg, arrived_at)
+            any_counted |= counted
+            if gone:
+                disabled.append(gone)
+        if failure.reason != Reason.VACATION:
+            stored.insert_failure(
+                db, bounce_id, member.address if member else failure.recipient, member.id if member else None,
+                failure.reason, failure.status, failure.diagnostic[:1000], failure.permanent, counted,
+            )  # fmt: skip
+    member, lead = primary if primary else (None, None)
+    if lead is not None:
+        bounce_class, reason, status, diagnostic = (
+            kind_of(lead.reason, lead.permanent), lead.reason, lead.status, lead.diagnostic,
+        )  # fmt: skip
+    else:
+        bounce_class, reason, status, diagnostic = (
+            reading.bounce_class,
+            reading.reason,
+            reading.status,
+            reading.diagnostic,
+        )
+    if member is None and bounce_class not in (AUTO_REPLY, NOTICE):
         bounce_class = UNATTRIBUTED
-    counted, disabled = False, ""
-    if member is not None and bounce_class == PERMANENT:
-        counted, disabled = _score(db, member, reading, cfg, now)
+    named = member.address if member else (address or (reading.recipients[0] if reading.recipients else ""))
     stored.mark_processed(
         db, bounce_id, now, member.id if member else None, member.address if member else (address or ""),
-        bounce_class, reading.status, reading.diagnostic[:1000], counted,
+        bounce_class, status, diagnostic[:1000], any_counted,
     )  # fmt: skip
+    stored.record_reading(db, bounce_id, str(reason), br.provider(named) if named else "", reading.format)
     log.info(
-        "bounce %d (%s): %s for <%s> %s%s",
-        bounce_id, bounce.queue_id, bounce_class, member.address if member else address or "?",
-        reading.status, " (counted)" if counted else "",
+        "bounce %d (%s): %s/%s for <%s> %s%s",
+        bounce_id, queue_id, bounce_class, reason, named or "?", status, " (counted)" if any_counted else "",
     )  # fmt: skip
     return str(bounce_class), disabled
 
 
-def _score(db: sqlite3.Connection, member: Member, reading: Reading, cfg: Config, now: float) -> tuple[bool, str]:
-    """At most one point a day; stale scores restart; the threshold disables delivery."""
+def _score(db: sqlite3.Connection, member: Member, failure: Failure, cfg: Config, now: float) -> tuple[bool, str]:
+    """Only a dead address scores (a full mailbox once it stayed full); one point a day; stale scores restart."""
+    if not failure.permanent and failure.reason != Reason.MAILBOXFULL:
+        return False, ""
+    if failure.reason == Reason.MAILBOXFULL:
+        since = stored.mailboxfull_since(db, member.id, now, cfg.bounces.stale_after_days * 86400)
+        if now - since < cfg.bounces.mailboxfull_after_days * 86400:
+            return False, ""
+    elif failure.reason not in DEAD:
+        return False, ""
     day = date.fromtimestamp(now).isoformat()
     score = member.bounce_score
     if member.last_bounce_at is not None and now - member.last_bounce_at > cfg.bounces.stale_after_days * 86400:
@@ -479,11 +537,40 @@ def _score(db: sqlite3.Connection, member: Member, reading: Reading, cfg: Config
     if counted:
         score += 1
     disable = score >= cfg.bounces.threshold and member.delivery_disabled_at is None
-    reason = f"{score} days with bounces; last {reading.status}: {reading.diagnostic[:200]}"
+    reason = f"{score} days with bounces; last {failure.reason} {failure.status}: {failure.diagnostic[:200]}"
     db_members.record_bounce_score(db, member.id, score, now, day if counted else None, reason if disable else None)
     if disable:
         log.warning("delivery to <%s> disabled: %s", member.address, reason)
     return counted, member.address if disable else ""
+
+
+@dataclass
+class Reclassified:
+    bounces: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    disabled: list[str] = field(default_factory=list)  # disabled now, by the current rules
+    enabled: list[str] = field(default_factory=list)  # disabled before, not by the current rules
+
+
+def reclassify(db: sqlite3.Connection, cfg: Config, now: float) -> Reclassified:
+    """Re-read every processed bounce with today's rules and recompute every score from zero, in one transaction.
+
+    Bounces are replayed in arrival order at their arrival time, so a score is what it would
+    have been; a member the old rules disabled and the new ones do not is sent to again.
+    """
+    result = Reclassified()
+    was_disabled = dict(stored.forget_scores(db))
+    for bounce_id, queue_id, extension, raw, arrived_at in stored.processed_for_reclassify(db):
+        bounce_class, disabled = _apply(db, bounce_id, queue_id, extension, raw, cfg, now, arrived_at)
+        result.bounces += 1
+        result.counts[bounce_class] = result.counts.get(bounce_class, 0) + 1
+        result.disabled += [a for a in disabled if a not in was_disabled.values()]
+    for member_id, address in was_disabled.items():
+        member = db_members.find_member_by_id(db, member_id)
+        if member is not None and member.bounce_score < cfg.bounces.threshold:
+            stored.enable_after_reclassify(db, member_id)
+            result.enabled.append(address)
+    return result
 
 
 def _queue_summary(db: sqlite3.Connection, cfg: Config, now: float) -> str | None:
