@@ -318,8 +318,8 @@ def _from_text(msg: Message, text: str, extra: frozenset[str]) -> tuple[list[Fai
             groups = m.groupdict()
             rcpt = groups.get("rcpt") or groups.get("rcpt2")
             diag = groups.get("diag") or groups.get("diag2") or ""
-            if rcpt and rcpt.lower() not in found and len(found) < 100:
-                found[rcpt.lower()] = _clean(diag)
+            if rcpt and rcpt not in found and len(found) < 100:
+                found[rcpt] = _clean(diag)
         if found:
             return [_failure(rcpt, diag or _clean(text), temporary) for rcpt, diag in found.items()], fmt.name
     if extra:  # flufl.bounce knew the address; the whole report says why
@@ -332,7 +332,7 @@ def _failure(recipient: str, diagnostic: str, temporary: bool) -> Failure:
     status = find_status(diagnostic)
     code = re.search(r"\b([45])\d\d\b", diagnostic)
     permanent = not (status.startswith("4.") or temporary or (not status and code and code.group(1) == "4"))
-    return Failure(recipient.strip("<>.").lower(), br.classify(status, diagnostic), status, diagnostic, permanent)
+    return Failure(recipient.strip("<>."), br.classify(status, diagnostic), status, diagnostic, permanent)
 
 
 def _from_ses(text: str) -> tuple[list[Failure], str] | None:
@@ -399,7 +399,7 @@ def read_bounce(raw: bytes) -> Reading:
         except Exception:  # one of its detectors choked: as if none recognised it
             log.info("flufl.bounce could not read a bounce; treating it as unrecognised")
             temporary, permanent = set(), set()
-        extra = frozenset(a.decode("utf-8", "replace").lower() for a in (permanent or temporary))
+        extra = frozenset(a.decode("utf-8", "replace") for a in (permanent or temporary))
         failures, fmt = _from_text(msg, text, extra)
         if failures:
             return _reading(failures, fmt)
