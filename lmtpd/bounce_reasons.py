@@ -54,10 +54,7 @@ _R = Reason
 _TEXT: tuple[tuple[Reason, str], ...] = (
     # what is about the message or our server comes first: it is never the member's fault
     (_R.VIRUSDETECTED, r"\bvirus|malware|infected|\bmalicious\b|trojan|phishing detected"),
-    (_R.SPAMDETECTED, r"\bspam\b|spam ?(content|message|detected|score)|junk mail|bulk mail|UCE\b|"
-                      r"message (was )?(classified|identified|considered) as spam|content filter.*spam|"
-                      r"high probability of being junk"),
-    (_R.BLOCKED, r"listed (at|on|in|by)\b|block ?listed|black ?listed|\bdnsbl\b|\brbl\b|spamhaus|spamcop|barracuda|"
+    (_R.BLOCKED, r"(?<!not )listed (at|on|in|by)\b|on (our|a|the) block ?list|\bptr\b|block ?listed|black ?listed|\bdnsbl\b|\brbl\b|spamhaus|spamcop|barracuda|"
                  r"sorbs|\bAUP#|\(BL\)|\bblocked using\b|client host .{0,60}(blocked|rejected)|"
                  r"(poor|bad|low) (ip )?reputation|ip (address )?(is )?(blocked|banned|listed)|"
                  r"no (ptr|reverse dns|rdns)|reverse (dns|lookup) (failed|fail)|"
@@ -70,6 +67,9 @@ _TEXT: tuple[tuple[Reason, str], ...] = (
                      r"(try|please) (again )?later.{0,40}(too many|rate|volume)|unusual rate|"
                      r"(sending|receiving) (rate|limit)|exceeded .{0,30}(rate|per (hour|minute|day))|"
                      r"\bTS0[1-4]\b|resources temporarily unavailable"),
+    (_R.SPAMDETECTED, r"\bspam\b|spam ?(content|message|detected|score)|junk mail|bulk mail|UCE\b|"
+                      r"message (was )?(classified|identified|considered) as spam|content filter.*spam|"
+                      r"high probability of being junk"),
     (_R.EXPIRED, r"message expired|(delivery|retry) time(out)? (expired|exceeded)|retry timeout exceeded|"
                  r"too long in (the )?queue|could not be delivered (with)?in \d+ (days|hours)|"
                  r"has been delayed for|message has been in the queue too long|giving up|"
@@ -110,7 +110,7 @@ _TEXT: tuple[tuple[Reason, str], ...] = (
                      r"(user|mailbox) not (found|listed)|not our customer|no account by that name|"
                      r"wasn't found at|was not found at|couldn't be found|not listed in (domino|the directory)|"
                      r"unknown or illegal alias|bad destination mailbox|mailbox unavailable|"
-                     r"no such local user|(addressee|recipient) unknown|does not have an account|"
+                     r"no such local user|(addressee|recipient) unknown|(does not|doesn't) have an? .{0,30}account|"
                      r"account (that you tried to reach )?does not exist|is not a known user"),
     (_R.NETWORKERROR, r"connection (refused|timed out|reset)|network is unreachable|lost connection|"
                       r"mail loop|routing loop|too many hops|loops back to myself|no route to host"),

@@ -198,8 +198,9 @@ def _from_dsn(part: Message, human: str) -> list[Failure] | None:
         # the diagnostic speaks for its recipient; the human part only when it says nothing we know
         reason = from_text(diagnostic) or (from_text(human) if len(failures) == 0 else None)
         reason = reason or br.classify(status, "", action)
-        if action == "delayed" and reason == Reason.UNDEFINED:
-            reason = Reason.EXPIRED if status == "4.4.7" else Reason.UNDEFINED
+        if (status == "4.4.7" or (action == "failed" and status.startswith("4."))) and reason != Reason.MAILBOXFULL:
+            reason = Reason.EXPIRED  # a temporary failure that became final: the queue gave up
+            permanent = action == "failed"
         failures.append(Failure(recipient, reason, status, diagnostic, permanent))
     return failures or None
 
@@ -276,6 +277,8 @@ TEXT_FORMATS: tuple[TextFormat, ...] = (
                       r"office ?365|exchange",
          rf"(?:^\s*(?P<rcpt>{_ADDR})(?: \(.*\))?\s*\n(?P<diag>(?:.+\n?){{1,4}}))|"
          rf"(?:your message to (?P<rcpt2>{_ADDR}) couldn't be delivered\.?\s*\n?(?P<diag2>(?:.+\n?){{1,4}}))"),
+    _fmt("exchange2003", r"following recipient\(s\) cannot be reached",
+         rf"^\s+(?P<rcpt>{_ADDR}) on .*\n(?P<diag>(?:[ \t]+\S.*\n?){{1,4}})"),
     _fmt("domino", r"was not delivered to:",
          rf"was not delivered to:\s*\n\s*\n?\s*(?P<rcpt>{_ADDR})\s*\n\s*\n?\s*because:\s*\n\s*\n?(?P<diag>.+)"),
     _fmt("messagelabs", r"failed recipient:|could not deliver message to the following recipient",
