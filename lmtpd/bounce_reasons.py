@@ -54,7 +54,8 @@ _R = Reason
 _TEXT: tuple[tuple[Reason, str], ...] = (
     # what is about the message or our server comes first: it is never the member's fault
     (_R.VIRUSDETECTED, r"\bvirus|malware|infected|\bmalicious\b|trojan|phishing detected"),
-    (_R.BLOCKED, r"(?<!not )listed (at|on|in|by)\b|on (our|a|the) block ?list|\bptr\b|block ?listed|black ?listed|\bdnsbl\b|\brbl\b|spamhaus|spamcop|barracuda|"
+    (_R.BLOCKED, r"(?<!not )listed (at|on|in|by)\b|on (our|a|the) block ?list|\bptr\b|"
+                 r"block ?listed|black ?listed|\bdnsbl\b|\brbl\b|spamhaus|spamcop|barracuda|"
                  r"sorbs|\bAUP#|\(BL\)|\bblocked using\b|client host .{0,60}(blocked|rejected)|"
                  r"(poor|bad|low) (ip )?reputation|ip (address )?(is )?(blocked|banned|listed)|"
                  r"no (ptr|reverse dns|rdns)|reverse (dns|lookup) (failed|fail)|"
