@@ -104,6 +104,11 @@ MEMBERS = {
     "ida@strict.example": ("Ida", ["youth"]),
     "kim@example.net": ("Kim", ["youth"]),
     "mo@qp.example": ("Mo", ["youth"]),
+    "kai@listed.example": ("Kai", ["youth"]),
+    "yul@gone.example": ("Yul", ["youth"]),
+    "rae@full.example": ("Rae", ["youth"]),
+    "ben@yahoo.example": ("Ben", ["youth"]),
+    "xan@ok.example": ("Xan", ["youth"]),
 }
 
 
@@ -285,3 +290,105 @@ async def test_verp_delimiters_are_configurable(tmp_path, clock: Clock):
     bad = write_config(tmp_path, "127.0.0.1:8024", 1, extra='[bounces]\nverp_delimiters = "-="\n')
     with pytest.raises(Exception, match="verp_delimiters"):
         load(bad)
+
+
+# ------------------------------------------------------------ reasons and scores
+
+
+async def test_a_blocklisting_is_recorded_and_never_scored_a_dead_mailbox_is(bounce_club: BounceClub):
+    await bounce_club.receive("spamhaus_listed.eml")  # its returned copy says "user unknown" nowhere, DKIM/SPF
+    await bounce_club.receive("returned_original_user_unknown.eml")  # its returned copy says "spamhaus", "policy"
+    for name in ("outlook_block_list.eml", "no_ptr.eml", "gmail_rate_limited.eml", "expired.eml", "virus.eml"):
+        await bounce_club.receive(name, to="youth-bounces+kai=listed.example@myclub.org")
+    await bounce_club.process()
+    rows = bounce_club.bounce_rows()
+    assert [(r["address"], r["reason"], r["counted"]) for r in rows] == [
+        ("kai@listed.example", "blocked", 0),
+        ("yul@gone.example", "userunknown", 1),
+        ("kai@listed.example", "blocked", 0),
+        ("kai@listed.example", "blocked", 0),
+        ("kai@listed.example", "ratelimited", 0),
+        ("kai@listed.example", "expired", 0),
+        ("kai@listed.example", "virusdetected", 0),
+    ]
+    assert bounce_club.member("kai@listed.example")["bounce_score"] == 0
+    assert bounce_club.member("yul@gone.example")["bounce_score"] == 1
+    assert rows[0]["provider"] == "listed.example" and rows[0]["format"] == "dsn"
+
+
+async def test_notifications_and_complaints_are_no_failures(bounce_club: BounceClub):
+    await bounce_club.receive("delivered_notification.eml")
+    await bounce_club.receive("arf_complaint.eml")
+    await bounce_club.receive("ses_delivery.eml")
+    report = await bounce_club.process()
+    assert report.counts == {"notice": 3}
+    assert [r["reason"] for r in bounce_club.bounce_rows()] == ["delivered", "feedback", "delivered"]
+    assert all(m["bounce_score"] == 0 for m in bounce_club.db.execute("SELECT bounce_score FROM members"))
+
+
+async def test_every_failed_member_of_a_report_without_verp_is_scored(bounce_club: BounceClub):
+    await bounce_club.receive("multi_recipient.eml")  # kim, a stranger, anna (disabled mailbox), carla delivered
+    await bounce_club.process()
+    failures = bounce_club.db.execute(
+        "SELECT address, member_id IS NOT NULL AS member, reason, counted FROM bounce_failures ORDER BY id"
+    ).fetchall()
+    assert [tuple(f) for f in failures] == [
+        ("kim@example.net", 1, "userunknown", 1),
+        ("stranger@example.net", 0, "userunknown", 0),
+        ("anna@example.net", 1, "suspend", 1),
+        ("carla@example.com", 1, "delivered", 0),
+    ]
+    assert bounce_club.member("kim@example.net")["bounce_score"] == 1
+    assert bounce_club.member("anna@example.net")["bounce_score"] == 1
+    assert bounce_club.member("carla@example.com")["bounce_score"] == 0
+    assert bounce_club.bounce_rows()[0]["address"] == "kim@example.net"
+
+
+async def test_a_full_mailbox_scores_only_once_it_stayed_full(bounce_club: BounceClub, clock: Clock):
+    for day in range(0, 35, 5):  # a full-mailbox report every five days; mailboxfull_after_days = 30
+        await bounce_club.receive("mailbox_full_5xx.eml" if day % 10 else "mailbox_full_4xx_delayed.eml")
+        await bounce_club.process()
+        clock.advance(5 * 86400)
+    counted = [r["counted"] for r in bounce_club.bounce_rows()]
+    assert counted == [0, 0, 0, 0, 0, 0, 1]  # day 30: full for 30 days
+    assert {r["reason"] for r in bounce_club.bounce_rows()} == {"mailboxfull"}
+    clock.advance(20 * 86400)  # emptied: no report for longer than stale_after_days, the clock starts again
+    await bounce_club.receive("mailbox_full_5xx.eml")
+    await bounce_club.process()
+    assert bounce_club.bounce_rows()[-1]["counted"] == 0
+
+
+async def test_reclassify_rereads_and_gives_back_delivery_the_old_rules_took(bounce_club: BounceClub):
+    await bounce_club.receive("spamhaus_listed.eml")
+    await bounce_club.receive("returned_original_user_unknown.eml")
+    await bounce_club.process()
+    # as an older lmtpd left it: kai's blocklisting counted, kai disabled
+    bounce_club.db.execute("UPDATE bounces SET kind = 'permanent', reason = '', counted = 1 WHERE address = ?",
+                           ("kai@listed.example",))  # fmt: skip
+    bounce_club.db.execute(
+        "UPDATE members SET bounce_score = 5, delivery_disabled_at = 1, disabled_reason = '5 days with bounces' "
+        "WHERE address = ?",
+        ("kai@listed.example",),
+    )
+    config = bounce_club.cfg.source
+    proc = await spawn_lmtpd(config, "bounces", "reclassify", stdout=asyncio.subprocess.PIPE)
+    out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0, out
+    assert "reclassified 2 bounce(s): 1 permanent, 1 policy" in out
+    assert "delivery enabled again for kai@listed.example" in out
+    kai = bounce_club.member("kai@listed.example")
+    assert kai["bounce_score"] == 0 and kai["delivery_disabled_at"] is None
+    assert bounce_club.member("yul@gone.example")["bounce_score"] == 1
+    assert [(r["reason"], r["counted"]) for r in bounce_club.bounce_rows()] == [("blocked", 0), ("userunknown", 1)]
+    assert bounce_club.db.execute("SELECT count(*) FROM bounce_failures").fetchone()[0] == 2  # not doubled
+
+    proc = await spawn_lmtpd(config, "bounces", "stats", "--json", stdout=asyncio.subprocess.PIPE)
+    stats = json.loads((await proc.communicate())[0])
+    assert {(s["reason"], s["provider"], s["failures"], s["counted"], s["dead"]) for s in stats} == {
+        ("blocked", "listed.example", 1, 0, False),
+        ("userunknown", "gone.example", 1, 1, True),
+    }
+    proc = await spawn_lmtpd(config, "bounces", "show", "1", "--json", stdout=asyncio.subprocess.PIPE)
+    shown = json.loads((await proc.communicate())[0])
+    assert shown["reason"] == "blocked" and shown["failures"][0]["reason"] == "blocked"
+    assert "spamhaus" in shown["failures"][0]["diagnostic"]
