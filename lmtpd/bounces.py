@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime
 from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Any, TypeVar
 
 from flufl.bounce import all_failures
@@ -309,7 +309,19 @@ def _clean(text: str) -> str:
     return headers.one_line(text)[:500]
 
 
-def _from_text(msg: Message, text: str, extra: frozenset[str]) -> tuple[list[Failure], str]:
+def _flufl_addresses(msg: Message) -> frozenset[str]:
+    """The failed addresses flufl.bounce's heuristics find, permanent ones first."""
+    if not getaddresses([str(msg.get("From", ""))]):  # one of its detectors stumbles (and logs) without a From
+        return frozenset()
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # one of its detectors choked: as if none recognised it
+        log.info("flufl.bounce could not read a bounce; treating it as unrecognised")
+        return frozenset()
+    return frozenset(a.decode("utf-8", "replace") for a in (permanent or temporary))
+
+
+def _from_text(msg: Message, text: str, flufl: Callable[[], frozenset[str]]) -> tuple[list[Failure], str]:
     """A plain-text report through the detector table, then flufl.bounce's addresses."""
     head = f"{_text(msg.get('From'))}\n{_text(msg.get('Subject'))}\n"
     temporary = bool(_TEMPORARY_TEXT.search(head + text)) and not _PERMANENT_TEXT.search(text)
@@ -325,6 +337,7 @@ def _from_text(msg: Message, text: str, extra: frozenset[str]) -> tuple[list[Fai
                 found[rcpt] = _clean(diag)
         if found:
             return [_failure(rcpt, diag or _clean(text), temporary) for rcpt, diag in found.items()], fmt.name
+    extra = flufl()
     if extra:  # flufl.bounce knew the address; the whole report says why
         line = next((ln.strip() for ln in text.splitlines() if STATUS.search(ln) or re.search(r"\b[45]\d\d\b", ln)), "")
         return [_failure(a, _clean(line) or _clean(text), temporary) for a in sorted(extra)], "flufl"
@@ -397,13 +410,7 @@ def read_bounce(raw: bytes) -> Reading:
             return _reading(*ses)
         if _is_vacation(msg):
             return Reading(AUTO_REPLY, reason=Reason.VACATION, format="vacation")
-        try:
-            temporary, permanent = all_failures(msg)
-        except Exception:  # one of its detectors choked: as if none recognised it
-            log.info("flufl.bounce could not read a bounce; treating it as unrecognised")
-            temporary, permanent = set(), set()
-        extra = frozenset(a.decode("utf-8", "replace") for a in (permanent or temporary))
-        failures, fmt = _from_text(msg, text, extra)
+        failures, fmt = _from_text(msg, text, lambda: _flufl_addresses(msg))
         if failures:
             return _reading(failures, fmt)
         if _is_auto_reply(msg) and not re.search(r"mailer-daemon|postmaster", _text(msg.get("From")), re.I):
