@@ -98,7 +98,7 @@ _TEXT: tuple[tuple[Reason, str], ...] = (
                  r"account (has been )?closed|recipient (is )?suspended|(disabled|suspended) (account|mailbox)"),
     (_R.HASMOVED, r"has moved|no longer (with|at|available at) |address (has )?changed|mailbox owner has changed"),
     (_R.NOTACCEPT, r"null mx|does not accept (e-?)?mail|accepts no mail|domain does not receive mail"),
-    (_R.HOSTUNKNOWN, r"host (or domain name )?(not found|unknown)|domain (not found|does not exist|unknown)|"
+    (_R.HOSTUNKNOWN, r"host (or domain name )?(not found|unknown)|domain (\S+ )?(not found|does not exist|unknown)|"
                      r"unrouteable (mail )?domain|no (such|valid) (host|domain)|name or service not known|"
                      r"unknown (host|domain)|nxdomain|no mx (record|host)|mx (record )?not found|"
                      r"dns error.{0,40}(domain|not found)"),

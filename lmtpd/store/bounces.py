@@ -89,6 +89,15 @@ def mark_processed(
     )
 
 
+def list_of_copy(db: sqlite3.Connection, copy_id: int) -> str | None:
+    """The list a copy was sent for; None for lmtpd's own mail (reports, forwards)."""
+    row = db.execute(
+        "SELECT p.list_name FROM deliveries d JOIN posts p ON p.id = d.post_id WHERE d.id = ? AND p.kind = 'list'",
+        (copy_id,),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
 def record_reading(db: sqlite3.Connection, bounce_id: int, reason: str, provider: str, fmt: str) -> None:
     db.execute(
         "UPDATE bounces SET reason = ?, provider = ?, format = ? WHERE id = ?", (reason, provider, fmt, bounce_id)
