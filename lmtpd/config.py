@@ -105,6 +105,7 @@ class BouncesConfig:
     stale_after_days: int = 7  # a score resets after this many days without a bounce
     verp: bool = True  # encode each copy's recipient in its envelope sender
     verp_delimiters: str = "+="  # as Postfix's: recipient_delimiter, then the member's "@"
+    mailboxfull_after_days: int = 30  # a full mailbox scores only after it stays full this long
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         stale_after_days=bounces.integer("stale_after_days", BouncesConfig.stale_after_days, low=1),
         verp=bounces.boolean("verp", BouncesConfig.verp),
         verp_delimiters=bounces.string("verp_delimiters", BouncesConfig.verp_delimiters),
+        mailboxfull_after_days=bounces.integer("mailboxfull_after_days", BouncesConfig.mailboxfull_after_days, low=0),
     )
     d = bounces_cfg.verp_delimiters
     if len(d) != 2 or d[0] == d[1] or any(c.isalnum() or c in '@.<> "-' for c in d):

@@ -19,7 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from . import dsn
+from . import dsn, refusals
 from .addresses import verp_sender
 from .config import Config, QueueConfig
 from .dsn import status_of
@@ -179,6 +179,7 @@ def record(
         state, next_at, status = next_state(a, now, cfg.queue, rng)
         rows.append((state, next_at, now, a.reply[:2000], a.remote, a.tls, status, a.delivery.id))
     outbound.record_attempts(db, rows)
+    refusals.record(db, attempts, [r[0] for r in rows], [r[6] for r in rows], cfg, now)  # MX mode: 5xx as bounces
     for post_id in sorted({a.delivery.post_id for a in attempts}):
         report_if_due(db, post_id, now, cfg)
     return [row[0] for row in rows]

@@ -53,7 +53,7 @@ def bounces_list(state: State, unprocessed: bool, unattributed: bool, as_json: b
         rows,
         as_json,
         lambda r: (
-            f"{r['id']}  {r['arrived']}  {r['list']}  {r['kind'] or 'unprocessed'}  "
+            f"{r['id']}  {r['arrived']}  {r['list']}  {r['kind'] or 'unprocessed'}  {r['reason'] or '-'}  "
             f"{r['address'] or '-'}  {r['status'] or '-'}  {r['diagnostic'][:80] or '-'}"
         ),
         "no bounces",
@@ -77,6 +77,9 @@ def bounces_show(state: State, bounce_id: int, as_json: bool) -> None:
         "recipient",
         "mail_from",
         "kind",
+        "reason",
+        "provider",
+        "format",
         "address",
         "status",
         "diagnostic",
@@ -84,6 +87,48 @@ def bounces_show(state: State, bounce_id: int, as_json: bool) -> None:
         "processed",
     ):
         say(f"{key + ':':12s}{info[key]}")
+    for f in info["failures"]:
+        scored = "counted" if f["counted"] else "not counted"
+        say(f"failure:    <{f['address']}> {f['reason']} {f['status'] or '-'} ({scored}): {f['diagnostic'][:120]}")
     click.echo("")
     for line in str(info["message"]).splitlines():
         say(line)
+
+
+@bounces_group.command("reclassify")
+@pass_state
+def bounces_reclassify(state: State) -> None:
+    """Re-read stored bounces with the current rules and recompute every score (after an upgrade)."""
+    cfg = state.config
+    if state.verbose:
+        setup_logging(state.verbose)
+
+    async def run(_: aiosqlite.Connection) -> bounces.Reclassified:
+        async with open_runtime(cfg, ingest=False) as runtime:
+            return await runtime.writer.submit(lambda db: bounces.reclassify(db, cfg, time.time()))
+
+    result = state.run(run)
+    detail = ", ".join(f"{n} {kind}" for kind, n in sorted(result.counts.items()))
+    click.echo(f"reclassified {result.bounces} bounce(s)" + (f": {detail}" if detail else ""))
+    for address in result.enabled:
+        click.echo(f"delivery enabled again for {address}: its bounces no longer say the address is dead")
+    for address in result.disabled:
+        click.echo(f"delivery disabled for {address}")
+
+
+@bounces_group.command("stats")
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, help="Bounces of the last N days.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def bounces_stats(state: State, days: int, as_json: bool) -> None:
+    """Failures by reason and provider: which say a mailbox is dead, which are about the club's mail."""
+    rows = state.run(lambda db: bounce_admin.stats(db, time.time() - days * 86400))
+    emit(
+        rows,
+        as_json,
+        lambda r: (
+            f"{r['failures']:6d}  {r['reason']:16s}  {r['provider'] or '-':24s}  "
+            + (f"dead address, {r['counted']} counted" if r["dead"] else "not counted")
+        ),
+        "no bounces",
+    )
