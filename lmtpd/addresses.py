@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 POST, BOUNCES, REQUEST, OWNER = "post", "bounces", "request", "owner"
-SUFFIXES = {"-bounces": BOUNCES, "-request": REQUEST, "-owner": OWNER}
+MODERATE = "moderate"  # <list>-moderate+<token>@: replies that decide a held post (lmtpd.moderation)
+SUFFIXES = {"-bounces": BOUNCES, "-request": REQUEST, "-owner": OWNER, "-moderate": MODERATE}
 
 
 @dataclass(frozen=True)

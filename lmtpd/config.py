@@ -119,6 +119,12 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ModerationConfig:
+    notify: str = "each"  # moderators get one mail per held post, or "digest": one per `held process` run
+    expire_days: int = 14  # held posts nobody decided are dropped after this many days (admin told)
+
+
+@dataclass(frozen=True)
 class Config:
     domain: str
     database: Path
@@ -133,6 +139,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
     source: Path | None = None
 
 
@@ -182,6 +189,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     auth = top.section("auth")
     bounces = top.section("bounces")
     dkim_section = top.section("dkim")
+    moderation = top.section("moderation")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -272,6 +280,11 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     if bool(dkim_cfg.selector) != bool(dkim_cfg.key_file):
         raise ConfigError("[dkim] selector and key_file: give both or neither")
     dkim_section.done()
+    moderation_cfg = ModerationConfig(
+        notify=moderation.choice("notify", ModerationConfig.notify, ("each", "digest")),
+        expire_days=moderation.integer("expire_days", ModerationConfig.expire_days, low=1),
+    )
+    moderation.done()
     return Config(
         domain=domain,
         database=database,
@@ -286,6 +299,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         auth=auth_cfg,
         bounces=bounces_cfg,
         dkim=dkim_cfg,
+        moderation=moderation_cfg,
         source=source,
     )
 

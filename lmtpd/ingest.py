@@ -17,8 +17,8 @@ from datetime import date
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from . import auth, queue
-from .addresses import BOUNCES, OWNER, POST, REQUEST, parse_recipient
+from . import auth, moderation, queue
+from .addresses import BOUNCES, MODERATE, OWNER, POST, REQUEST, parse_recipient
 from .config import Config
 from .copies import ListStyle, Signer, copy_headers
 from .headers import field as header_field
@@ -74,6 +74,10 @@ def accept(db: sqlite3.Connection, arrival: Arrival, cfg: Config) -> tuple[list[
             refusal = f"550 5.1.1 <{address}>: no such list"
         if refusal or lst is None or rcpt is None:
             replies.append(refusal)
+            continue
+        held = moderation.intercept(db, arrival, rcpt, lst, member, address, accepted, cfg)  # held posts, their replies
+        if held:
+            replies.append(held)
             continue
         if rcpt.kind in (BOUNCES, REQUEST, OWNER):  # one row per address, however often it was named
             if address.lower() in handled:
@@ -284,7 +288,8 @@ class IngestHandler(HooksOnly):
         raw, trusted = auth.trusted_results(raw, self.cfg.auth.authserv_id, self.cfg.hostname)
         lists = self._post_lists(rcpts)
         summary, refusals = await self.authenticate(raw, mail_from, headers, lists, trusted)
-        copies = await self.prepare_copies(raw, headers, [lst for lst in lists if lst.name not in refusals])
+        wanted = [lst for lst in lists if lst.name not in refusals or lst.unauthenticated != moderation.REFUSE]  # held
+        copies = await self.prepare_copies(raw, headers, wanted)
         arrival = Arrival(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals, copies)
         replies, queued = await self.writer.submit(lambda db: accept(db, arrival, self.cfg))
         for rcpt, reply in zip(rcpts, replies, strict=False):
@@ -304,7 +309,7 @@ class IngestHandler(HooksOnly):
         found: dict[str, MailingList] = {}
         for address in rcpts:
             rcpt, _ = parse_recipient(address, self.cfg.domain, self.cfg.bounces.verp_delimiters[0])
-            if rcpt and rcpt.kind == POST and rcpt.list_name not in found:
+            if rcpt and rcpt.kind in (POST, MODERATE) and rcpt.list_name not in found:  # replies: same proof
                 lst = members.find_list(self.reader, rcpt.list_name)
                 if lst is not None:
                     found[rcpt.list_name] = lst

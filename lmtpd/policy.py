@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import date
 
+from . import moderation
 from .addresses import POST, normalize_address, parse_recipient
 from .config import Config
 from .headers import printable
@@ -47,6 +48,9 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     lst = members.find_list(db, rcpt.list_name)
     if lst is None:
         return f"550 5.1.1 <{recipient}>: no such list"
+    held = moderation.policy_refusal(db, rcpt, lst, request.get("sender", ""), cfg)  # token addresses, announce lists
+    if held:
+        return held
     if rcpt.kind != POST:
         return DUNNO  # bounce, request and owner addresses take mail from anyone
     sender = request.get("sender", "")

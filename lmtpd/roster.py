@@ -19,7 +19,7 @@ from .queue import isotime
 from .store import members as db_members
 
 _LIST_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_RESERVED_SUFFIXES = ("-bounces", "-request", "-owner")
+_RESERVED_SUFFIXES = ("-bounces", "-request", "-owner", "-moderate")
 _ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 
@@ -58,6 +58,9 @@ class ListSettings:
     reply_to: str = "poster"
     dmarc_mitigation: str = "auto"
     archive_url: str = ""
+    posting: str = "members"  # or "moderated", "announce" (see lmtpd.moderation)
+    unauthenticated: str = "refuse"  # or "confirm", "hold"
+    moderators: str = ""  # addresses, space-separated; "": the administrator
 
 
 async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: ListSettings = ListSettings()) -> None:
@@ -72,7 +75,48 @@ async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: Li
         reply_to = check_address(reply_to)
     if await db_members.get_list(db, name) is not None:
         raise RosterError(f"list {name} exists already")
-    await db_members.insert_list(db, name, now, asdict(settings) | {"reply_to": reply_to})
+    moderators = check_moderators(settings.moderators)
+    await db_members.insert_list(db, name, now, asdict(settings) | {"reply_to": reply_to, "moderators": moderators})
+
+
+def check_moderators(value: str) -> str:
+    """Moderators as stored: checked addresses, space-separated (commas allowed on input)."""
+    return " ".join(check_address(a) for a in re.split(r"[\s,;]+", value) if a)
+
+
+async def set_list(db: aiosqlite.Connection, name: str, changes: dict) -> dict:
+    """Change the settings given in ``changes`` (ListSettings' fields) in place; memberships stay.
+
+    Returns the list as ``lists show`` prints it. Each value is checked as ``lists add`` checks it.
+    """
+    lst = await db_members.get_list(db, name)
+    if lst is None:
+        raise RosterError(f"no such list: {name}")
+    unknown = set(changes) - set(ListSettings.__dataclass_fields__)
+    if unknown:
+        raise RosterError(f"unknown list setting(s): {', '.join(sorted(unknown))}")
+    values = dict(changes)
+    for key, what in (("description", "the description"), ("subject_prefix", "the subject prefix")):
+        if values.get(key) is not None:
+            check_name(what, values[key])
+    if "archive_url" in values:
+        check_name("the archive URL", values["archive_url"])
+        if any(c in values["archive_url"] for c in "<> \"'"):
+            raise RosterError(f"not a usable archive URL: {values['archive_url']!r}")
+    if values.get("reply_to") not in (None, "poster", "list"):
+        values["reply_to"] = check_address(values["reply_to"])
+    if "moderators" in values:
+        values["moderators"] = check_moderators(values["moderators"] or "")
+    await db_members.update_list(db, lst.id, values)
+    return await show_list(db, lst.name)
+
+
+async def show_list(db: aiosqlite.Connection, name: str) -> dict:
+    """Every setting of one list and its number of members."""
+    for row in await db_members.list_overview(db):
+        if row["name"] == name.strip().lower():
+            return row
+    raise RosterError(f"no such list: {name}")
 
 
 async def remove_list(db: aiosqlite.Connection, name: str) -> None:

@@ -33,6 +33,9 @@ class MailingList(Record):
     reply_to: str
     dmarc_mitigation: str
     archive_url: str
+    posting: str  # "members", "moderated" (members' posts held), "announce" (moderators only)
+    unauthenticated: str  # a member's post without proof: "refuse", "confirm" (by the author), "hold"
+    moderators: str  # addresses, space-separated; "": the administrator
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ async def list_overview(db: aiosqlite.Connection) -> list[dict[str, Any]]:
         db,
         """
         SELECT l.name, l.description, l.posters, l.posts_per_day, l.auth_require, l.subject_prefix, l.reply_to,
-               l.dmarc_mitigation, l.archive_url,
+               l.dmarc_mitigation, l.archive_url, l.posting, l.unauthenticated, l.moderators,
                (SELECT count(*) FROM memberships ms JOIN members m ON m.id = ms.member_id
                  WHERE ms.list_id = l.id AND m.active = 1) AS members
           FROM lists l ORDER BY l.name
@@ -228,3 +231,15 @@ async def member_overview(db: aiosqlite.Connection, list_id: int | None = None) 
         params,
     )
     return [dict(r) for r in rows]
+
+
+async def update_list(db: aiosqlite.Connection, list_id: int, settings: dict[str, Any]) -> None:
+    """Change some of a list's columns (``settings``: column -> value); memberships stay."""
+    if settings:
+        assignments = ", ".join(f"{column} = ?" for column in settings)
+        await db.execute(f"UPDATE lists SET {assignments} WHERE id = ?", (*settings.values(), list_id))
+
+
+async def membership_count(db: aiosqlite.Connection, list_id: int) -> int:
+    row = await fetchone(db, "SELECT count(*) FROM memberships WHERE list_id = ?", (list_id,))
+    return row[0] if row else 0
