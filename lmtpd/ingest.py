@@ -77,6 +77,7 @@ def accept(db: sqlite3.Connection, arrival: Arrival, cfg: Config) -> tuple[list[
             continue
         held = moderation.intercept(db, arrival, rcpt, lst, member, address, accepted, cfg)  # held posts, their replies
         if held:
+            queued += held.startswith("250")  # mail to moderator or author, or a released post: wake the worker
             replies.append(held)
             continue
         if rcpt.kind in (BOUNCES, REQUEST, OWNER):  # one row per address, however often it was named

@@ -124,6 +124,18 @@ async def remove_list(db: aiosqlite.Connection, name: str) -> None:
         raise RosterError(f"no such list: {name}")
 
 
+async def remove_list_checked(db: aiosqlite.Connection, name: str, yes: bool) -> int:
+    """Remove a list; one with members only with ``yes``. Returns the memberships dropped."""
+    lst = await db_members.get_list(db, name.strip().lower())
+    if lst is None:
+        raise RosterError(f"no such list: {name}")
+    count = await db_members.membership_count(db, lst.id)
+    if count and not yes:
+        raise RosterError(f"list {lst.name} has {count} membership(s) that removing it would drop: add --yes")
+    await remove_list(db, lst.name)
+    return count
+
+
 async def all_lists(db: aiosqlite.Connection) -> list[dict]:
     return await db_members.list_overview(db)
 

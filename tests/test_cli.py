@@ -100,7 +100,8 @@ def test_lists_and_members(cfg_path: Path):
     assert social[0]["auth_require"] == "dmarc"
     assert run(cfg_path, "members", "remove", "anna@example.net", "--list", "youth").exit_code == 0
     assert json.loads(run(cfg_path, "members", "list", "--list", "youth", "--json").output) == []
-    assert run(cfg_path, "lists", "remove", "trainers").exit_code == 0
+    assert run(cfg_path, "lists", "remove", "trainers").exit_code == 65  # anna is a member: only with --yes
+    assert run(cfg_path, "lists", "remove", "trainers", "--yes").exit_code == 0
     assert "youth@myclub.org" in run(cfg_path, "lists", "list").output
 
 
