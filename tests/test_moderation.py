@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from email import message_from_bytes
 from email.utils import parseaddr
@@ -138,7 +139,8 @@ async def test_only_a_moderator_decides_and_automatic_replies_decide_nothing(mod
     assert rows(cfg, "SELECT state FROM held")[0]["state"] == "approved"
 
 
-async def test_a_rejection_tells_the_author_the_reason(moderated: Config, sink: Sink):
+async def test_a_rejection_tells_the_author_the_reason(moderated: Config, sink: Sink, caplog):
+    caplog.set_level(logging.INFO, logger="lmtpd.moderation")
     cfg = moderated
     await post(cfg, message())
     await sink.wait_for(1)
@@ -150,6 +152,9 @@ async def test_a_rejection_tells_the_author_the_reason(moderated: Config, sink: 
     assert note["Subject"] == "Not posted to youth: Training on Saturday"
     assert "Reason:  off topic here" in note.get_payload(decode=True).decode()
     assert list_copies(sink) == []
+    queue_id = rows(cfg, "SELECT queue_id FROM held")[0][0]
+    assert f"{queue_id}: held for youth: author=<anna@example.net>" in caplog.text
+    assert f"{queue_id}: rejected for youth by <carla@example.com>" in caplog.text
 
 
 async def test_the_moderators_own_post_and_strangers(moderated: Config, sink: Sink):
