@@ -6,16 +6,15 @@ bad lines; applying it is one transaction, so a file is imported whole or not.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import asdict, dataclass, field
 
 import aiosqlite
 
-from . import headers
+from . import headers, spreadsheet
 from .addresses import normalize_address
 from .queue import isotime
+from .spreadsheet import SheetRow
 from .store import members as db_members
 
 _LIST_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -136,6 +135,10 @@ async def remove_list_checked(db: aiosqlite.Connection, name: str, yes: bool) ->
     return count
 
 
+async def known_lists(db: aiosqlite.Connection) -> set[str]:
+    return await db_members.list_names(db)
+
+
 async def all_lists(db: aiosqlite.Connection) -> list[dict]:
     return await db_members.list_overview(db)
 
@@ -235,12 +238,7 @@ async def members(db: aiosqlite.Connection, list_name: str | None = None) -> lis
 # --------------------------------------------------------------- CSV import
 
 
-@dataclass(frozen=True)
-class RosterRow:
-    line: int
-    address: str
-    name: str
-    lists: tuple[str, ...]
+RosterRow = SheetRow  # one member as a file gives it
 
 
 @dataclass
@@ -249,41 +247,25 @@ class ImportReport:
     renamed: list[str] = field(default_factory=list)
     subscribed: list[tuple[str, str]] = field(default_factory=list)
     unchanged: int = 0
+    unsubscribed: list[tuple[str, str]] = field(default_factory=list)  # --sync: members the file no longer names
 
 
-def parse_roster(text: str) -> tuple[list[RosterRow], list[str]]:
-    """Rows of ``address,name,lists`` (lists separated by spaces or semicolons).
-
-    A first row starting with ``address`` is a header. Returns the rows and the
-    errors, each naming its line; any error means nothing should be imported.
+def parse_roster(data: str | bytes, known_lists: set[str] | None = None) -> tuple[list[RosterRow], list[str]]:
+    """Rows of a member file (see :mod:`lmtpd.spreadsheet`: CSV as spreadsheets export it,
+    or ``members export`` JSON) and every error, each naming its line; any error means
+    nothing should be imported. ``known_lists``: unknown list names are errors too.
     """
-    rows: list[RosterRow] = []
-    errors: list[str] = []
-    seen: dict[str, int] = {}
-    reader = csv.reader(io.StringIO(text))
-    for record in reader:
-        line = reader.line_num
-        if not record or all(not cell.strip() for cell in record):
-            continue
-        if line == 1 and record[0].strip().lower() == "address":
-            continue
-        if len(record) > 3:
-            errors.append(f"line {line}: expected address,name,lists but found {len(record)} fields")
-            continue
-        cells = [c.strip() for c in record] + ["", ""]
-        try:
-            address = check_address(cells[0])
-            check_name("the name", cells[1])
-            lists = tuple(check_list_name(n) for n in re.split(r"[;\s]+", cells[2]) if n)
-        except RosterError as exc:
-            errors.append(f"line {line}: {exc}")
-            continue
-        if address in seen:
-            errors.append(f"line {line}: {address} appears already on line {seen[address]}")
-            continue
-        seen[address] = line
-        rows.append(RosterRow(line, address, cells[1], lists))
-    return rows, errors
+    return spreadsheet.parse(data, _checked_row, known_lists)
+
+
+def _checked_row(address: str, name: str, lists: list[str]) -> tuple[str, str, tuple[str, ...]]:
+    """A row as stored; a name's line breaks (a spreadsheet cell's) become spaces, other controls are errors."""
+    try:
+        stored = check_address(address)
+        name = check_name("the name", " ".join(name.split()))
+        return stored, name, tuple(dict.fromkeys(check_list_name(n) for n in lists if n))
+    except RosterError as exc:
+        raise ValueError(str(exc)) from None
 
 
 async def import_roster(db: aiosqlite.Connection, rows: list[RosterRow], now: float, club_domain: str) -> ImportReport:
@@ -307,3 +289,19 @@ async def import_roster(db: aiosqlite.Connection, rows: list[RosterRow], now: fl
         if not created and not subscribed and (before is None or not row.name or row.name == before.name):
             report.unchanged += 1
     return report
+
+
+async def sync_list(db: aiosqlite.Connection, list_name: str, keep: set[str]) -> list[str]:
+    """Unsubscribe from ``list_name`` every member whose address (any case) is not in ``keep``."""
+    lst = await db_members.get_list(db, list_name)
+    if lst is None:
+        raise RosterError(f"no such list: {list_name}")
+    wanted = {a.lower() for a in keep}
+    dropped = []
+    for row in await db_members.member_overview(db, lst.id):
+        if row["address"].lower() not in wanted:
+            member = await db_members.get_member(db, row["address"])
+            assert member is not None
+            await db_members.unsubscribe(db, lst.id, member.id)
+            dropped.append(row["address"])
+    return dropped

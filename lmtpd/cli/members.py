@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
+import aiosqlite
 import click
 
-from .. import roster
+from .. import roster, spreadsheet
 from .base import State, emit, fail, main, pass_state
 
 # ------------------------------------------------------------------ members
@@ -75,33 +77,96 @@ def members_enable(state: State, address: str) -> None:
     click.echo(f"delivery to {address} enabled")
 
 
-@members_group.command("import")
-@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
-@pass_state
-def members_import(state: State, csv_file: Any) -> None:
-    """Add members from a CSV file of address,name,lists (lists space-separated).
+class _DryRun(Exception):
+    """Undoes an import's transaction once its report is made."""
 
-    Idempotent: running it twice changes nothing the second time. A file with any
-    bad row is rejected whole, with every problem and its line number.
+    def __init__(self, report: roster.ImportReport):
+        self.report = report
+
+
+@members_group.command("import")
+@click.argument("member_file", metavar="FILE", type=click.File("rb"))
+@click.option("--list", "list_name", metavar="NAME", help="Subscribe every member in the file to this list too.")
+@click.option("--sync", is_flag=True, help="With --list: its members become exactly the file's (needs --yes).")
+@click.option("--yes", is_flag=True, help="Confirm the unsubscriptions --sync makes.")
+@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@click.option("--quiet", is_flag=True, help="Print only the summary line.")
+@pass_state
+def members_import(
+    state: State, member_file: Any, list_name: str | None, sync: bool, yes: bool, dry_run: bool, quiet: bool
+) -> None:
+    """Add members from FILE: CSV as spreadsheets export it, or `members export` JSON.
+
+    Columns address,name,lists (lists space-separated), or a header naming them
+    (email/e-mail/address, name, lists; any case, extra columns ignored); comma,
+    semicolon or tab; a UTF-8 BOM, CRLF and quoted fields are fine. Idempotent. A file
+    with any bad row is rejected whole, every problem named with its line number.
+
+    \b
+    Example:
+      lmtpd members import members.csv --dry-run
+      lmtpd members import youth.csv --list youth --sync --yes
     """
-    try:
-        text = csv_file.read()
-    except UnicodeDecodeError as exc:
-        fail(f"{csv_file.name}: not UTF-8 text: {exc}", os.EX_DATAERR)
-    rows, errors = roster.parse_roster(text)
+    if sync and not list_name:
+        fail("--sync needs --list NAME: the list whose members become the file's", os.EX_USAGE)
+    known = state.run(roster.known_lists)
+    if list_name and list_name.lower() not in known:
+        fail(f"no such list: {list_name}", os.EX_DATAERR)
+    rows, errors = roster.parse_roster(member_file.read(), known)
     if errors:
         for error in errors:
-            click.echo(f"{csv_file.name}: {error}", err=True)
-        fail(f"{csv_file.name}: {len(errors)} bad row(s); nothing imported", os.EX_DATAERR)
+            click.echo(f"{member_file.name}: {error}", err=True)
+        fail(f"{member_file.name}: {len(errors)} bad row(s); nothing imported", os.EX_DATAERR)
+    if list_name:
+        rows = [replace(r, lists=tuple(dict.fromkeys((*r.lists, list_name.lower())))) for r in rows]
     now = time.time()
-    report = state.write(lambda db: roster.import_roster(db, rows, now, state.config.domain))
-    for address in report.added:
-        click.echo(f"added {address}")
-    for address in report.renamed:
-        click.echo(f"renamed {address}")
-    for address, list_name in report.subscribed:
-        click.echo(f"subscribed {address} to {list_name}")
+
+    async def apply(db: aiosqlite.Connection) -> roster.ImportReport:
+        report = await roster.import_roster(db, rows, now, state.config.domain)
+        if sync and list_name:
+            dropped = await roster.sync_list(db, list_name, {r.address for r in rows})
+            report.unsubscribed = [(a, list_name.lower()) for a in dropped]
+            if dropped and not yes and not dry_run:
+                raise roster.RosterError(
+                    f"--sync would unsubscribe {len(dropped)} member(s) from {list_name.lower()} "
+                    "(see --dry-run); add --yes to do it"
+                )
+        if dry_run:
+            raise _DryRun(report)
+        return report
+
+    try:
+        report = state.write(apply)
+    except _DryRun as done:
+        report = done.report
+    would = "would be " if dry_run else ""
+    if not quiet:
+        for address in report.added:
+            click.echo(f"{would}added {address}")
+        for address in report.renamed:
+            click.echo(f"{would}renamed {address}")
+        for address, name in report.subscribed:
+            click.echo(f"{would}subscribed {address} to {name}")
+        for address, name in report.unsubscribed:
+            click.echo(f"{would}unsubscribed {address} from {name}")
     click.echo(
         f"{len(report.added)} added, {len(report.renamed)} renamed, "
         f"{len(report.subscribed)} subscriptions added, {report.unchanged} unchanged"
+        + (f", {len(report.unsubscribed)} unsubscribed" if sync else "")
+        + (" (dry run: nothing changed)" if dry_run else "")
     )
+
+
+@members_group.command("export")
+@click.option("--list", "list_name", metavar="NAME", help="Only members of this list.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@pass_state
+def members_export(state: State, list_name: str | None, fmt: str) -> None:
+    """Print members as `members import` reads them back (address,name,lists).
+
+    \b
+    Example:
+      lmtpd members export --list youth > youth.csv
+    """
+    members = state.run(lambda db: roster.members(db, list_name))
+    click.echo(spreadsheet.export(members, fmt), nl=False)
