@@ -208,6 +208,61 @@ async def remove_member(db: aiosqlite.Connection, address: str, lists: list[str]
             raise RosterError(f"{address} is not a member of {list_name}")
 
 
+PAUSED = "paused by the administrator"
+
+
+async def set_member(
+    db: aiosqlite.Connection,
+    address: str,
+    now: float,
+    name: str | None = None,
+    add: tuple[str, ...] = (),
+    remove: tuple[str, ...] = (),
+    may_post: bool | None = None,
+    pause: bool | None = None,
+) -> list[str]:
+    """Change a member in place; returns what changed, one phrase each."""
+    member = await db_members.get_member(db, check_address(address))
+    if member is None:
+        raise RosterError(f"no such member: {address}")
+    changes: list[str] = []
+    settings: dict = {}
+    if name is not None and name != member.name:
+        settings["name"] = check_name("a member's name", name)
+        changes.append(f"name {name!r}")
+    if may_post is not None and may_post != bool(member.may_post):
+        settings["may_post"] = int(may_post)
+        changes.append("may post" if may_post else "may not post")
+    await db_members.update_member(db, member.id, settings)
+    for list_name, list_id in (await _list_ids(db, list(add))).items():
+        if await db_members.subscribe(db, list_id, member.id):
+            changes.append(f"subscribed to {list_name}")
+    for list_name, list_id in (await _list_ids(db, list(remove))).items():
+        if await db_members.unsubscribe(db, list_id, member.id):
+            changes.append(f"unsubscribed from {list_name}")
+    if pause and member.delivery_disabled_at is None:
+        await db_members.pause_member(db, member.id, now, PAUSED)
+        changes.append("delivery paused")
+    elif pause is False and member.delivery_disabled_at is not None:
+        await db_members.enable_member(db, member.address)
+        changes.append("delivery resumed")
+    return changes
+
+
+async def rename_address(db: aiosqlite.Connection, old: str, new: str, club_domain: str) -> str:
+    """A member's new address; lists, bounce history and posts stay theirs."""
+    member = await db_members.get_member(db, check_address(old))
+    if member is None:
+        raise RosterError(f"no such member: {old}")
+    new = check_address(new)
+    check_not_ours(new, club_domain)
+    other = await db_members.get_member(db, new)
+    if other is not None and other.id != member.id:
+        raise RosterError(f"{new} is a member already")
+    await db_members.update_member(db, member.id, {"address": new})
+    return new
+
+
 async def enable_member(db: aiosqlite.Connection, address: str) -> None:
     """Send to the member again, with a clean bounce score."""
     if not await db_members.enable_member(db, normalize_address(address)):

@@ -7,6 +7,10 @@ ALTER TABLE lists ADD COLUMN unauthenticated TEXT NOT NULL DEFAULT 'refuse'
     CHECK (unauthenticated IN ('refuse', 'confirm', 'hold'));
 ALTER TABLE lists ADD COLUMN moderators TEXT NOT NULL DEFAULT '';  -- addresses, space-separated; '': the admin
 
+-- A member's posting rights (lmtpd members set --posting denied); pausing delivery
+-- reuses delivery_disabled_at, with its own reason.
+ALTER TABLE members ADD COLUMN may_post INTEGER NOT NULL DEFAULT 1 CHECK (may_post IN (0, 1));
+
 -- One row per post held for one list: the bytes as they came and the copies' header
 -- block as built on arrival, so a release sends what would have been sent then.
 CREATE TABLE held (

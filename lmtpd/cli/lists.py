@@ -16,7 +16,12 @@ from .base import State, emit, emit_json, fail, main, pass_state, say
 
 @main.group("lists")
 def lists_group() -> None:
-    """Mailing lists of the club."""
+    """Mailing lists of the club.
+
+    \b
+    Example:
+      lmtpd lists add youth --description "Youth section"
+    """
 
 
 @lists_group.command("add")
@@ -59,7 +64,12 @@ def lists_group() -> None:
 )
 @pass_state
 def lists_add(state: State, name: str, **settings: Any) -> None:
-    """Create list NAME (its address is NAME@domain)."""
+    """Create list NAME (its address is NAME@domain).
+
+    \b
+    Example:
+      lmtpd lists add youth --description "Youth section" --posters list
+    """
     now = time.time()
     state.write(lambda db: roster.add_list(db, name, now, roster.ListSettings(**settings)))
     click.echo(f"list {name.lower()}@{state.config.domain} created")
@@ -169,7 +179,12 @@ def _show(row: dict, as_json: bool, domain: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def lists_list(state: State, as_json: bool) -> None:
-    """Show the lists."""
+    """Show the lists.
+
+    \b
+    Example:
+      lmtpd lists list --json
+    """
     rows = state.run(roster.all_lists)
     domain = state.config.domain
     emit(

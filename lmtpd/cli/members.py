@@ -18,7 +18,12 @@ from .base import State, emit, fail, main, pass_state
 
 @main.group("members")
 def members_group() -> None:
-    """Members of the club and their lists."""
+    """Members of the club and their lists.
+
+    \b
+    Example:
+      lmtpd members add anna@example.net --name Anna --list youth
+    """
 
 
 @members_group.command("add")
@@ -27,7 +32,12 @@ def members_group() -> None:
 @click.option("--list", "lists", multiple=True, metavar="NAME", help="Subscribe to this list (repeatable).")
 @pass_state
 def members_add(state: State, address: str, name: str, lists: tuple[str, ...]) -> None:
-    """Add a member (or subscribe an existing one to more lists)."""
+    """Add a member (or subscribe an existing one to more lists).
+
+    \b
+    Example:
+      lmtpd members add anna@example.net --name Anna --list youth --list trainers
+    """
     now = time.time()
     created, added = state.write(lambda db: roster.add_member(db, address, name, list(lists), now, state.config.domain))
     what = "added" if created else "updated"
@@ -39,7 +49,12 @@ def members_add(state: State, address: str, name: str, lists: tuple[str, ...]) -
 @click.option("--list", "lists", multiple=True, metavar="NAME", help="Only unsubscribe from this list (repeatable).")
 @pass_state
 def members_remove(state: State, address: str, lists: tuple[str, ...]) -> None:
-    """Remove a member from the club, or only from the lists named."""
+    """Remove a member from the club, or only from the lists named.
+
+    \b
+    Example:
+      lmtpd members remove anna@example.net --list trainers
+    """
     state.write(lambda db: roster.remove_member(db, address, list(lists)))
     click.echo(f"removed {address}" + (f" from {', '.join(lists)}" if lists else ""))
 
@@ -49,7 +64,12 @@ def members_remove(state: State, address: str, lists: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def members_list(state: State, list_name: str | None, as_json: bool) -> None:
-    """Show members with their lists, bounce scores and disabled deliveries."""
+    """Show members with their lists, bounce scores and disabled deliveries.
+
+    \b
+    Example:
+      lmtpd members list --list youth --json
+    """
     rows = state.run(lambda db: roster.members(db, list_name))
     emit(
         rows,
@@ -72,9 +92,59 @@ def members_list(state: State, list_name: str | None, as_json: bool) -> None:
 @click.argument("address")
 @pass_state
 def members_enable(state: State, address: str) -> None:
-    """Send list mail to a member again (after bounces disabled it); resets the score."""
+    """Send list mail to a member again (after bounces disabled it); resets the score.
+
+    \b
+    Example:
+      lmtpd members enable bob@example.net
+    """
     state.write(lambda db: roster.enable_member(db, address))
     click.echo(f"delivery to {address} enabled")
+
+
+@members_group.command("set")
+@click.argument("address")
+@click.option("--name", default=None, help="The member's name.")
+@click.option("--add-list", "add", multiple=True, metavar="NAME", help="Subscribe to this list (repeatable).")
+@click.option("--remove-list", "remove", multiple=True, metavar="NAME", help="Unsubscribe (repeatable).")
+@click.option("--posting", type=click.Choice(["allowed", "denied"]), default=None, help="May the member post?")
+@click.option("--pause/--resume", default=None, help="Stop (or restart) sending the member list mail.")
+@pass_state
+def members_set(
+    state: State,
+    address: str,
+    name: str | None,
+    add: tuple[str, ...],
+    remove: tuple[str, ...],
+    posting: str | None,
+    pause: bool | None,
+) -> None:
+    """Change a member in place: name, lists, posting rights, pause.
+
+    \b
+    Example:
+      lmtpd members set bob@example.net --add-list trainers --remove-list youth
+      lmtpd members set bob@example.net --pause
+    """
+    may_post = None if posting is None else posting == "allowed"
+    now = time.time()
+    changes = state.write(lambda db: roster.set_member(db, address, now, name, add, remove, may_post, pause))
+    click.echo(f"{address}: " + (", ".join(changes) if changes else "nothing changed"))
+
+
+@members_group.command("rename")
+@click.argument("old")
+@click.argument("new")
+@pass_state
+def members_rename(state: State, old: str, new: str) -> None:
+    """Change a member's address; lists and history stay.
+
+    \b
+    Example:
+      lmtpd members rename bob@old.example bob@example.net
+    """
+    stored = state.write(lambda db: roster.rename_address(db, old, new, state.config.domain))
+    click.echo(f"{old} is now {stored}")
 
 
 class _DryRun(Exception):

@@ -18,7 +18,12 @@ from .base import DELIVERY_NICENESS, State, fail, main, pass_state, setup_loggin
 @main.command("check-config")
 @pass_state
 def check_config(state: State) -> None:
-    """Validate the configuration file (and the DKIM key it names) and exit."""
+    """Validate the configuration file (and the DKIM key it names) and exit.
+
+    \b
+    Example:
+      lmtpd --config /etc/lmtpd/lmtpd.toml check-config
+    """
     cfg = state.config
     if cfg.dkim.key_file is not None:
         try:
@@ -38,7 +43,12 @@ def check_config(state: State) -> None:
 @click.option("--upgrade", is_flag=True, help="Apply pending database migrations first.")
 @pass_state
 def serve(state: State, upgrade: bool) -> None:
-    """Run the LMTP server and the delivery worker until SIGTERM."""
+    """Run the LMTP server and the delivery worker until SIGTERM.
+
+    \b
+    Example:
+      lmtpd --config /etc/lmtpd/lmtpd.toml serve --upgrade
+    """
     cfg = state.config
     setup_logging(state.verbose)
     assert cfg.source is not None
@@ -64,7 +74,12 @@ def serve(state: State, upgrade: bool) -> None:
 @click.option("--from-serve", is_flag=True, help="Stdin is serve's wake-up pipe; stop when it ends.")
 @pass_state
 def deliver(state: State, nice: int, from_serve: bool) -> None:
-    """Run the delivery worker alone until SIGTERM (serve starts one by itself)."""
+    """Run the delivery worker alone until SIGTERM (serve starts one by itself).
+
+    \b
+    Example:
+      lmtpd --config /etc/lmtpd/lmtpd.toml deliver
+    """
     cfg = state.config
     setup_logging(state.verbose)
     os.nice(nice)

@@ -53,6 +53,7 @@ class Member(Record):
     delivery_disabled_at: float | None
     disabled_reason: str
     disabled_reported: int
+    may_post: int  # 0: the member receives but may not post
 
 
 _FIND_LIST = "SELECT * FROM lists WHERE name = ?"
@@ -243,3 +244,18 @@ async def update_list(db: aiosqlite.Connection, list_id: int, settings: dict[str
 async def membership_count(db: aiosqlite.Connection, list_id: int) -> int:
     row = await fetchone(db, "SELECT count(*) FROM memberships WHERE list_id = ?", (list_id,))
     return row[0] if row else 0
+
+
+async def update_member(db: aiosqlite.Connection, member_id: int, settings: dict[str, Any]) -> None:
+    """Change some of a member's columns (name, may_post, address); memberships and history stay."""
+    if settings:
+        assignments = ", ".join(f"{column} = ?" for column in settings)
+        await db.execute(f"UPDATE members SET {assignments} WHERE id = ?", (*settings.values(), member_id))
+
+
+async def pause_member(db: aiosqlite.Connection, member_id: int, now: float, reason: str) -> None:
+    """No copies until ``members enable``; already reported, so no bounce summary names it."""
+    await db.execute(
+        "UPDATE members SET delivery_disabled_at = ?, disabled_reason = ?, disabled_reported = 1 WHERE id = ?",
+        (now, reason, member_id),
+    )
