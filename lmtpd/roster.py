@@ -314,10 +314,10 @@ def parse_roster(data: str | bytes, known_lists: set[str] | None = None) -> tupl
 
 
 def _checked_row(address: str, name: str, lists: list[str]) -> tuple[str, str, tuple[str, ...]]:
-    """A row as stored; a name's line breaks (a spreadsheet cell's) become spaces, other controls are errors."""
+    """A row as stored; a name with line breaks or other controls is an error, never silently changed."""
     try:
         stored = check_address(address)
-        name = check_name("the name", " ".join(name.split()))
+        name = check_name("the name", name)
         return stored, name, tuple(dict.fromkeys(check_list_name(n) for n in lists if n))
     except RosterError as exc:
         raise ValueError(str(exc)) from None

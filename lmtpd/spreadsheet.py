@@ -120,7 +120,7 @@ def _csv_records(text: str) -> tuple[list[tuple[int, str, str, list[str]]], list
     line = 0
     try:
         for cells in reader:
-            start, line = line + 1, reader.line_num  # a quoted field may span lines: report where the row starts
+            start = line = reader.line_num  # a quoted field may span lines: the row's last line, as csv counts
             while cells and not cells[-1].strip():  # trailing empty columns, as spreadsheets add them
                 cells.pop()
             if not cells:

@@ -60,7 +60,7 @@ def test_the_delimiter_is_sniffed_outside_quotes(text: str, delimiter: str):
             "libreoffice.csv",
             {
                 "anna@example.net": ("Müller, Anna", ["trainers", "youth"]),
-                "dora@example.org": ("Dörte (2nd line)", ["youth"]),
+                "dora@example.org": ('Dörte "Do" Berg', ["youth"]),
             },
         ),
         (
