@@ -135,6 +135,18 @@ async def remove_list_checked(db: aiosqlite.Connection, name: str, yes: bool) ->
     return count
 
 
+async def rename_list(db: aiosqlite.Connection, old: str, new: str) -> str:
+    """Rename a list: members, history and settings stay; the old address stops working."""
+    lst = await db_members.get_list(db, old)
+    if lst is None:
+        raise RosterError(f"no such list: {old}")
+    new = check_list_name(new)
+    if await db_members.get_list(db, new) is not None:
+        raise RosterError(f"list {new} exists already")
+    await db_members.rename_list(db, lst.id, lst.name, new)
+    return new
+
+
 async def known_lists(db: aiosqlite.Connection) -> set[str]:
     return await db_members.list_names(db)
 

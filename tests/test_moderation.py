@@ -354,3 +354,19 @@ def test_lists_set_and_show_change_settings_in_place(tmp_path: Path):
     removed = run("lists", "remove", "youth", "--yes")
     assert removed.exit_code == 0 and "1 membership(s) dropped" in removed.output
     assert run("lists", "add", "chat-moderate").exit_code == 65  # its own token addresses
+
+
+async def test_lists_rename_keeps_members_history_and_held_posts(moderated: Config, sink: Sink):
+    cfg = moderated
+    await post(cfg, message("Bob <bob@example.net>", "Before"))
+    await post(cfg, message("Carla <carla@example.com>", "Posted"))
+    renamed = await asyncio.to_thread(cli, cfg, "lists", "rename", "youth", "juniors")
+    assert renamed.exit_code == 0 and "is now juniors@myclub.org" in renamed.output, renamed.output
+    taken = await asyncio.to_thread(cli, cfg, "lists", "rename", "trainers", "juniors")
+    assert taken.exit_code == 65
+    gone = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org"], message())
+    assert gone.rcpt[0].startswith("550 5.1.1")  # the old address is gone
+    assert rows(cfg, "SELECT list_name FROM held")[0][0] == "juniors"
+    assert {r[0] for r in rows(cfg, "SELECT list_name FROM posts WHERE kind = 'list'")} == {"juniors"}
+    shown = json.loads((await asyncio.to_thread(cli, cfg, "lists", "show", "juniors", "--json")).output)
+    assert shown["members"] == 3 and shown["posting"] == "moderated"

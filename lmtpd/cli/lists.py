@@ -90,6 +90,21 @@ def lists_remove(state: State, name: str, yes: bool) -> None:
     click.echo(f"list {name.lower()} removed" + (f", {dropped} membership(s) dropped" if dropped else ""))
 
 
+@lists_group.command("rename")
+@click.argument("old")
+@click.argument("new")
+@pass_state
+def lists_rename(state: State, old: str, new: str) -> None:
+    """Rename list OLD to NEW: members, settings and history stay; OLD@domain stops working.
+
+    \b
+    Example:
+      lmtpd lists rename juniors youth
+    """
+    name = state.write(lambda db: roster.rename_list(db, old, new))
+    click.echo(f"list {old.lower()} is now {name}@{state.config.domain}")
+
+
 _SET_OPTIONS = [
     click.option("--description", default=None, help="Shown in List-Id."),
     click.option(

@@ -259,3 +259,12 @@ async def pause_member(db: aiosqlite.Connection, member_id: int, now: float, rea
         "UPDATE members SET delivery_disabled_at = ?, disabled_reason = ?, disabled_reported = 1 WHERE id = ?",
         (now, reason, member_id),
     )
+
+
+async def rename_list(db: aiosqlite.Connection, list_id: int, old: str, new: str) -> None:
+    """A list's new name; memberships follow its id, and its history (posts, bounces, held posts) the new name."""
+    await db.execute("UPDATE lists SET name = ? WHERE id = ?", (new, list_id))
+    await db.execute("UPDATE posts SET list_name = ? WHERE list_id = ? OR (list_id IS NULL AND list_name = ?)",
+                     (new, list_id, old))  # fmt: skip
+    await db.execute("UPDATE bounces SET list_name = ? WHERE list_name = ?", (new, old))
+    await db.execute("UPDATE held SET list_name = ? WHERE list_id = ?", (new, list_id))
