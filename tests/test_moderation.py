@@ -324,6 +324,11 @@ async def test_hold_mode_asks_the_moderator_instead(confirming):
     await sink.wait_for(1)
     assert sink.received[0].rcpt == "admin@myclub.org"  # no moderators set: the administrator decides
     assert "not authenticated" in rows(cfg, "SELECT reason FROM held")[0]["reason"]
+    await set_list(cfg, "youth", moderators="carla@example.com")
+    address = token_address(sink.received[0].data)
+    forged = await post(cfg, reply_mail("Carla <carla@example.com>", address), address)
+    assert forged.startswith("550 5.7.1 <carla@example.com> is not proven"), forged  # a moderator's reply needs proof
+    assert rows(cfg, "SELECT state FROM held")[0]["state"] == "held"
 
 
 # ---------------------------------------------------------------- the lists
