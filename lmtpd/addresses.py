@@ -14,6 +14,8 @@ SUFFIXES = {
     "-leave": LEAVE, "-unsubscribe": LEAVE, "-confirm": CONFIRM,
 }  # fmt: skip
 COMMAND_KINDS = (REQUEST, JOIN, LEAVE, CONFIRM)
+MODERATE = "moderate"  # <list>-moderate+<token>@: replies that decide a held post (lmtpd.moderation)
+SUFFIXES["-moderate"] = MODERATE
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,12 @@ class RemindersConfig:
 
 
 @dataclass(frozen=True)
+class ModerationConfig:
+    notify: str = "each"  # moderators get one mail per held post, or "digest": one per `held process` run
+    expire_days: int = 14  # held posts nobody decided are dropped after this many days (admin told)
+
+
+@dataclass(frozen=True)
 class Config:
     domain: str
     database: Path
@@ -150,6 +156,7 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     reminders: RemindersConfig = field(default_factory=RemindersConfig)
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
     source: Path | None = None
     commands: CommandsConfig = field(default_factory=CommandsConfig)
 
@@ -202,6 +209,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     dkim_section = top.section("dkim")
     commands = top.section("commands")
     reminders_section = top.section("reminders")
+    moderation = top.section("moderation")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -302,6 +310,11 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         raise ConfigError(f"[commands] address: expected the local part of an address, got {commands_cfg.address!r}")
     commands.done()
     reminders_cfg = _reminders(reminders_section, domain)
+    moderation_cfg = ModerationConfig(
+        notify=moderation.choice("notify", ModerationConfig.notify, ("each", "digest")),
+        expire_days=moderation.integer("expire_days", ModerationConfig.expire_days, low=1),
+    )
+    moderation.done()
     return Config(
         domain=domain,
         database=database,
@@ -317,6 +330,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         bounces=bounces_cfg,
         dkim=dkim_cfg,
         reminders=reminders_cfg,
+        moderation=moderation_cfg,
         source=source,
         commands=commands_cfg,
     )

@@ -17,8 +17,8 @@ from datetime import date
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from . import auth, commands, queue
-from .addresses import BOUNCES, OWNER, POST, REQUEST, Recipient, parse_recipient
+from . import auth, commands, moderation, queue
+from .addresses import BOUNCES, MODERATE, OWNER, POST, REQUEST, Recipient, parse_recipient
 from .config import Config
 from .copies import ListStyle, Signer, copy_headers
 from .headers import field as header_field
@@ -83,6 +83,11 @@ def accept(
             refusal = f"550 5.1.1 <{address}>: no such list"
         if refusal or lst is None or rcpt is None:
             replies.append(refusal)
+            continue
+        held = moderation.intercept(db, arrival, rcpt, lst, member, address, accepted, cfg)  # held posts, their replies
+        if held:
+            queued += held.startswith("250")  # mail to moderator or author, or a released post: wake the worker
+            replies.append(held)
             continue
         if rcpt.kind in (BOUNCES, REQUEST, OWNER):  # one row per address, however often it was named
             if address.lower() in handled:
@@ -319,7 +324,8 @@ class IngestHandler(HooksOnly):
         raw, trusted = auth.trusted_results(raw, self.cfg.auth.authserv_id, self.cfg.hostname)
         lists = self._post_lists(rcpts)
         summary, refusals = await self.authenticate(raw, mail_from, headers, lists, trusted)
-        copies = await self.prepare_copies(raw, headers, [lst for lst in lists if lst.name not in refusals])
+        wanted = [lst for lst in lists if lst.name not in refusals or lst.unauthenticated != moderation.REFUSE]  # held
+        copies = await self.prepare_copies(raw, headers, wanted)
         proven = await self.command_proof(raw, mail_from, headers, rcpts, trusted)
         arrival = Arrival(queue_id, mail_from, rcpts, raw, headers, self.clock(), summary, refusals, copies, proven)
         replies, queued = await self.writer.submit(lambda db: accept(db, arrival, self.cfg, self.signer))
@@ -340,7 +346,7 @@ class IngestHandler(HooksOnly):
         found: dict[str, MailingList] = {}
         for address in rcpts:
             rcpt, _ = parse_recipient(address, self.cfg.domain, self.cfg.bounces.verp_delimiters[0])
-            if rcpt and rcpt.kind == POST and rcpt.list_name not in found:
+            if rcpt and rcpt.kind in (POST, MODERATE) and rcpt.list_name not in found:  # replies: same proof
                 lst = members.find_list(self.reader, rcpt.list_name)
                 if lst is not None:
                     found[rcpt.list_name] = lst

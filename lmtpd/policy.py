@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from datetime import date
 
-from . import commands
+from . import commands, moderation
 from .addresses import POST, normalize_address
 from .config import Config
 from .headers import printable
@@ -51,6 +51,9 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     lst = members.find_list(db, rcpt.list_name)
     if lst is None:
         return f"550 5.1.1 <{recipient}>: no such list"
+    held = moderation.policy_refusal(db, rcpt, lst, request.get("sender", ""), cfg)  # token addresses, announce lists
+    if held:
+        return held
     if rcpt.kind != POST:
         return DUNNO  # bounce and owner addresses take mail from anyone
     sender = request.get("sender", "")

@@ -6,20 +6,19 @@ bad lines; applying it is one transaction, so a file is imported whole or not.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import asdict, dataclass, field
 
 import aiosqlite
 
-from . import headers
+from . import headers, spreadsheet
 from .addresses import normalize_address
 from .queue import isotime
+from .spreadsheet import SheetRow
 from .store import members as db_members
 
 _LIST_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_RESERVED_SUFFIXES = ("-bounces", "-request", "-owner")
+_RESERVED_SUFFIXES = ("-bounces", "-request", "-owner", "-moderate")
 _ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 
@@ -58,6 +57,11 @@ class ListSettings:
     reply_to: str = "poster"
     dmarc_mitigation: str = "auto"
     archive_url: str = ""
+    posting: str = "members"  # or "moderated", "announce" (see lmtpd.moderation)
+    unauthenticated: str = "refuse"  # or "confirm", "hold"
+    moderators: str = ""  # addresses, space-separated; "": the administrator
+    self_join: bool = False  # members may join by mail (``join NAME``, lmtpd.commands)
+    roster: str = "admin"  # who may see the members by mail: "members", "admin" (not by mail), "nobody"
 
 
 async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: ListSettings = ListSettings()) -> None:
@@ -72,12 +76,81 @@ async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: Li
         reply_to = check_address(reply_to)
     if await db_members.get_list(db, name) is not None:
         raise RosterError(f"list {name} exists already")
-    await db_members.insert_list(db, name, now, asdict(settings) | {"reply_to": reply_to})
+    moderators = check_moderators(settings.moderators)
+    await db_members.insert_list(db, name, now, asdict(settings) | {"reply_to": reply_to, "moderators": moderators})
+
+
+def check_moderators(value: str) -> str:
+    """Moderators as stored: checked addresses, space-separated (commas allowed on input)."""
+    return " ".join(check_address(a) for a in re.split(r"[\s,;]+", value) if a)
+
+
+async def set_list(db: aiosqlite.Connection, name: str, changes: dict) -> dict:
+    """Change the settings given in ``changes`` (ListSettings' fields) in place; memberships stay.
+
+    Returns the list as ``lists show`` prints it. Each value is checked as ``lists add`` checks it.
+    """
+    lst = await db_members.get_list(db, name)
+    if lst is None:
+        raise RosterError(f"no such list: {name}")
+    unknown = set(changes) - set(ListSettings.__dataclass_fields__)
+    if unknown:
+        raise RosterError(f"unknown list setting(s): {', '.join(sorted(unknown))}")
+    values = dict(changes)
+    for key, what in (("description", "the description"), ("subject_prefix", "the subject prefix")):
+        if values.get(key) is not None:
+            check_name(what, values[key])
+    if "archive_url" in values:
+        check_name("the archive URL", values["archive_url"])
+        if any(c in values["archive_url"] for c in "<> \"'"):
+            raise RosterError(f"not a usable archive URL: {values['archive_url']!r}")
+    if values.get("reply_to") not in (None, "poster", "list"):
+        values["reply_to"] = check_address(values["reply_to"])
+    if "moderators" in values:
+        values["moderators"] = check_moderators(values["moderators"] or "")
+    await db_members.update_list(db, lst.id, values)
+    return await show_list(db, lst.name)
+
+
+async def show_list(db: aiosqlite.Connection, name: str) -> dict:
+    """Every setting of one list and its number of members."""
+    for row in await db_members.list_overview(db):
+        if row["name"] == name.strip().lower():
+            return row
+    raise RosterError(f"no such list: {name}")
 
 
 async def remove_list(db: aiosqlite.Connection, name: str) -> None:
     if not await db_members.delete_list(db, name.strip().lower()):
         raise RosterError(f"no such list: {name}")
+
+
+async def remove_list_checked(db: aiosqlite.Connection, name: str, yes: bool) -> int:
+    """Remove a list; one with members only with ``yes``. Returns the memberships dropped."""
+    lst = await db_members.get_list(db, name.strip().lower())
+    if lst is None:
+        raise RosterError(f"no such list: {name}")
+    count = await db_members.membership_count(db, lst.id)
+    if count and not yes:
+        raise RosterError(f"list {lst.name} has {count} membership(s) that removing it would drop: add --yes")
+    await remove_list(db, lst.name)
+    return count
+
+
+async def rename_list(db: aiosqlite.Connection, old: str, new: str) -> str:
+    """Rename a list: members, history and settings stay; the old address stops working."""
+    lst = await db_members.get_list(db, old)
+    if lst is None:
+        raise RosterError(f"no such list: {old}")
+    new = check_list_name(new)
+    if await db_members.get_list(db, new) is not None:
+        raise RosterError(f"list {new} exists already")
+    await db_members.rename_list(db, lst.id, lst.name, new)
+    return new
+
+
+async def known_lists(db: aiosqlite.Connection) -> set[str]:
+    return await db_members.list_names(db)
 
 
 async def all_lists(db: aiosqlite.Connection) -> list[dict]:
@@ -149,6 +222,61 @@ async def remove_member(db: aiosqlite.Connection, address: str, lists: list[str]
             raise RosterError(f"{address} is not a member of {list_name}")
 
 
+PAUSED = "paused by the administrator"
+
+
+async def set_member(
+    db: aiosqlite.Connection,
+    address: str,
+    now: float,
+    name: str | None = None,
+    add: tuple[str, ...] = (),
+    remove: tuple[str, ...] = (),
+    may_post: bool | None = None,
+    pause: bool | None = None,
+) -> list[str]:
+    """Change a member in place; returns what changed, one phrase each."""
+    member = await db_members.get_member(db, check_address(address))
+    if member is None:
+        raise RosterError(f"no such member: {address}")
+    changes: list[str] = []
+    settings: dict = {}
+    if name is not None and name != member.name:
+        settings["name"] = check_name("a member's name", name)
+        changes.append(f"name {name!r}")
+    if may_post is not None and may_post != bool(member.may_post):
+        settings["may_post"] = int(may_post)
+        changes.append("may post" if may_post else "may not post")
+    await db_members.update_member(db, member.id, settings)
+    for list_name, list_id in (await _list_ids(db, list(add))).items():
+        if await db_members.subscribe(db, list_id, member.id):
+            changes.append(f"subscribed to {list_name}")
+    for list_name, list_id in (await _list_ids(db, list(remove))).items():
+        if await db_members.unsubscribe(db, list_id, member.id):
+            changes.append(f"unsubscribed from {list_name}")
+    if pause and member.delivery_disabled_at is None:
+        await db_members.pause_member(db, member.id, now, PAUSED)
+        changes.append("delivery paused")
+    elif pause is False and member.delivery_disabled_at is not None:
+        await db_members.enable_member(db, member.address)
+        changes.append("delivery resumed")
+    return changes
+
+
+async def rename_address(db: aiosqlite.Connection, old: str, new: str, club_domain: str) -> str:
+    """A member's new address; lists, bounce history and posts stay theirs."""
+    member = await db_members.get_member(db, check_address(old))
+    if member is None:
+        raise RosterError(f"no such member: {old}")
+    new = check_address(new)
+    check_not_ours(new, club_domain)
+    other = await db_members.get_member(db, new)
+    if other is not None and other.id != member.id:
+        raise RosterError(f"{new} is a member already")
+    await db_members.update_member(db, member.id, {"address": new})
+    return new
+
+
 async def enable_member(db: aiosqlite.Connection, address: str) -> None:
     """Send to the member again, with a clean bounce score."""
     if not await db_members.enable_member(db, normalize_address(address)):
@@ -179,12 +307,7 @@ async def members(db: aiosqlite.Connection, list_name: str | None = None) -> lis
 # --------------------------------------------------------------- CSV import
 
 
-@dataclass(frozen=True)
-class RosterRow:
-    line: int
-    address: str
-    name: str
-    lists: tuple[str, ...]
+RosterRow = SheetRow  # one member as a file gives it
 
 
 @dataclass
@@ -193,41 +316,25 @@ class ImportReport:
     renamed: list[str] = field(default_factory=list)
     subscribed: list[tuple[str, str]] = field(default_factory=list)
     unchanged: int = 0
+    unsubscribed: list[tuple[str, str]] = field(default_factory=list)  # --sync: members the file no longer names
 
 
-def parse_roster(text: str) -> tuple[list[RosterRow], list[str]]:
-    """Rows of ``address,name,lists`` (lists separated by spaces or semicolons).
-
-    A first row starting with ``address`` is a header. Returns the rows and the
-    errors, each naming its line; any error means nothing should be imported.
+def parse_roster(data: str | bytes, known_lists: set[str] | None = None) -> tuple[list[RosterRow], list[str]]:
+    """Rows of a member file (see :mod:`lmtpd.spreadsheet`: CSV as spreadsheets export it,
+    or ``members export`` JSON) and every error, each naming its line; any error means
+    nothing should be imported. ``known_lists``: unknown list names are errors too.
     """
-    rows: list[RosterRow] = []
-    errors: list[str] = []
-    seen: dict[str, int] = {}
-    reader = csv.reader(io.StringIO(text))
-    for record in reader:
-        line = reader.line_num
-        if not record or all(not cell.strip() for cell in record):
-            continue
-        if line == 1 and record[0].strip().lower() == "address":
-            continue
-        if len(record) > 3:
-            errors.append(f"line {line}: expected address,name,lists but found {len(record)} fields")
-            continue
-        cells = [c.strip() for c in record] + ["", ""]
-        try:
-            address = check_address(cells[0])
-            check_name("the name", cells[1])
-            lists = tuple(check_list_name(n) for n in re.split(r"[;\s]+", cells[2]) if n)
-        except RosterError as exc:
-            errors.append(f"line {line}: {exc}")
-            continue
-        if address in seen:
-            errors.append(f"line {line}: {address} appears already on line {seen[address]}")
-            continue
-        seen[address] = line
-        rows.append(RosterRow(line, address, cells[1], lists))
-    return rows, errors
+    return spreadsheet.parse(data, _checked_row, known_lists)
+
+
+def _checked_row(address: str, name: str, lists: list[str]) -> tuple[str, str, tuple[str, ...]]:
+    """A row as stored; a name with line breaks or other controls is an error, never silently changed."""
+    try:
+        stored = check_address(address)
+        name = check_name("the name", name)
+        return stored, name, tuple(dict.fromkeys(check_list_name(n) for n in lists if n))
+    except RosterError as exc:
+        raise ValueError(str(exc)) from None
 
 
 async def import_roster(db: aiosqlite.Connection, rows: list[RosterRow], now: float, club_domain: str) -> ImportReport:
@@ -251,3 +358,19 @@ async def import_roster(db: aiosqlite.Connection, rows: list[RosterRow], now: fl
         if not created and not subscribed and (before is None or not row.name or row.name == before.name):
             report.unchanged += 1
     return report
+
+
+async def sync_list(db: aiosqlite.Connection, list_name: str, keep: set[str]) -> list[str]:
+    """Unsubscribe from ``list_name`` every member whose address (any case) is not in ``keep``."""
+    lst = await db_members.get_list(db, list_name)
+    if lst is None:
+        raise RosterError(f"no such list: {list_name}")
+    wanted = {a.lower() for a in keep}
+    dropped = []
+    for row in await db_members.member_overview(db, lst.id):
+        if row["address"].lower() not in wanted:
+            member = await db_members.get_member(db, row["address"])
+            assert member is not None
+            await db_members.unsubscribe(db, lst.id, member.id)
+            dropped.append(row["address"])
+    return dropped

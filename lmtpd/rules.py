@@ -20,6 +20,8 @@ def poster_refusal(author: str, domain: str, lst: Mapping, member: Mapping | Non
     name = lst["name"]
     if member is None or not member["active"]:
         return f"550 5.7.1 <{author}> is not a member of {domain} and may not post to {name}"
+    if not member.get("may_post", 1):
+        return f"550 5.7.1 <{author}> may not post to the lists of {domain}"
     if lst["posters"] == "list" and not in_list():
         return f"550 5.7.1 only members of {name} may post to it; <{author}> is not one"
     return ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -100,7 +101,8 @@ def test_lists_and_members(cfg_path: Path):
     assert social[0]["auth_require"] == "dmarc"
     assert run(cfg_path, "members", "remove", "anna@example.net", "--list", "youth").exit_code == 0
     assert json.loads(run(cfg_path, "members", "list", "--list", "youth", "--json").output) == []
-    assert run(cfg_path, "lists", "remove", "trainers").exit_code == 0
+    assert run(cfg_path, "lists", "remove", "trainers").exit_code == 65  # anna is a member: only with --yes
+    assert run(cfg_path, "lists", "remove", "trainers", "--yes").exit_code == 0
     assert "youth@myclub.org" in run(cfg_path, "lists", "list").output
 
 
@@ -214,3 +216,62 @@ def test_a_list_or_system_address_cannot_be_a_member(cfg_path: Path, tmp_path: P
     result = run(cfg_path, "members", "import", str(csv_file))
     assert result.exit_code == 65 and "line 2: youth-bounces+a=b@myclub.org is in the club domain" in result.output
     assert json.loads(run(cfg_path, "members", "list", "--json").output) == []
+
+
+# ------------------------------------------------------- editing in place
+
+
+def test_members_set_and_rename_keep_lists_and_history(cfg_path: Path):
+    from lmtpd import rules
+    from lmtpd.store import members as db_members
+
+    assert run(cfg_path, "lists", "add", "youth").exit_code == 0
+    assert run(cfg_path, "lists", "add", "trainers").exit_code == 0
+    assert run(cfg_path, "members", "add", "bob@old.example", "--name", "Bob", "--list", "youth").exit_code == 0
+    changed = run(cfg_path, "members", "set", "bob@old.example", "--name", "Robert", "--add-list", "trainers",
+                  "--remove-list", "youth", "--posting", "denied", "--pause")  # fmt: skip
+    assert changed.exit_code == 0, changed.output
+    assert changed.output.strip() == (
+        "bob@old.example: name 'Robert', may not post, subscribed to trainers, unsubscribed from youth, delivery paused"
+    )
+    assert run(cfg_path, "members", "set", "bob@old.example", "--pause").output.strip().endswith("nothing changed")
+    assert run(cfg_path, "members", "set", "nobody@example.net", "--pause").exit_code == 65
+    renamed = run(cfg_path, "members", "rename", "bob@old.example", "Bob@Example.NET")
+    assert renamed.exit_code == 0 and "is now Bob@example.net" in renamed.output
+    (bob,) = json.loads(run(cfg_path, "members", "list", "--json").output)
+    assert (bob["address"], bob["name"], bob["lists"]) == ("Bob@example.net", "Robert", ["trainers"])
+    assert bob["disabled_reason"] == "paused by the administrator"
+    db = sqlite3.connect(cfg_path.parent / "club.sqlite3")
+    db.row_factory = sqlite3.Row
+    try:
+        member = db_members.find_member(db, "bob@example.net")
+    finally:
+        db.close()
+    lst = {"name": "trainers", "posters": "club"}
+    assert rules.poster_refusal("bob@example.net", "myclub.org", lst, member, lambda: True) == (
+        "550 5.7.1 <bob@example.net> may not post to the lists of myclub.org"
+    )
+    assert run(cfg_path, "members", "add", "carla@example.com").exit_code == 0
+    assert run(cfg_path, "members", "rename", "carla@example.com", "bob@example.net").exit_code == 65
+    resumed = run(cfg_path, "members", "set", "bob@example.net", "--resume", "--posting", "allowed")
+    assert resumed.output.strip() == "bob@example.net: may post, delivery resumed"
+
+
+def test_version_usage_errors_and_examples_in_every_help(cfg_path: Path):
+    import click
+
+    from lmtpd import __version__
+
+    assert run(cfg_path, "--version").output.strip() == f"lmtpd {__version__}"
+    assert run(cfg_path, "lists", "set").exit_code == 64  # missing NAME: EX_USAGE, as the docs say
+    assert run(cfg_path, "queue", "list", "--state", "nonsense").exit_code == 64
+    assert run(cfg_path, "no-such-command").exit_code == 64
+
+    def commands(group: click.Group, path: tuple[str, ...] = ()):
+        for name, command in group.commands.items():
+            yield (*path, name), command
+            if isinstance(command, click.Group):
+                yield from commands(command, (*path, name))
+
+    missing = [" ".join(p) for p, c in commands(main) if "Example" not in run(cfg_path, *p, "--help").output]
+    assert missing == []

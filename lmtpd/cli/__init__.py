@@ -1,6 +1,6 @@
 """The operator's command line: one click group per noun, verbs beneath, one module each."""
 
-from . import bounces, commands, db, dkim, lists, members, queue, reminders, serve  # noqa: F401  (they add their commands to main)
+from . import bounces, commands, db, dkim, held, lists, members, queue, reminders, serve  # noqa: F401  (they add their commands to main)
 from .base import main
 
 __all__ = ["main", "run"]

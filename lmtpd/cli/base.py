@@ -15,12 +15,12 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aiosqlite
 import click
 
-from .. import bounce_admin, queue_admin, roster
+from .. import __version__, bounce_admin, queue_admin, roster
 from ..config import Config, ConfigError, config_path, load
 from ..headers import printable
 from ..store import SchemaError, StoreError, open_database, transaction
@@ -120,7 +120,26 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class MainGroup(click.Group):
+    """The top group: usage errors exit 64 (EX_USAGE), as the docs promise, not click's 2."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = os.EX_USAGE
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's, raised while it parses its arguments
+            exc.exit_code = os.EX_USAGE
+            raise
+
+
+@click.group(cls=MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="lmtpd", message="%(prog)s %(version)s")
 @click.option(
     "--config",
     "config_file",

@@ -16,13 +16,23 @@ from .base import State, emit, emit_json, main, pass_state, say, setup_logging
 
 @main.group("bounces")
 def bounces_group() -> None:
-    """Mail that came back to the lists' bounce addresses."""
+    """Mail that came back to the lists' bounce addresses.
+
+    \b
+    Example:
+      lmtpd bounces list --unattributed
+    """
 
 
 @bounces_group.command("process")
 @pass_state
 def bounces_process(state: State) -> None:
-    """Read new bounces, score members, disable dead addresses (run it from cron)."""
+    """Read new bounces, score members, disable dead addresses (run it from cron).
+
+    \b
+    Example:
+      */15 * * * *  lmtpd --config /etc/lmtpd/lmtpd.toml bounces process
+    """
     cfg = state.config
     if state.verbose:
         setup_logging(state.verbose)
@@ -47,7 +57,12 @@ def bounces_process(state: State) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def bounces_list(state: State, unprocessed: bool, unattributed: bool, as_json: bool) -> None:
-    """One line per stored bounce."""
+    """One line per stored bounce.
+
+    \b
+    Example:
+      lmtpd bounces list --unprocessed --json
+    """
     rows = state.run(lambda db: bounce_admin.listing(db, unprocessed, unattributed))
     emit(
         rows,
@@ -65,7 +80,12 @@ def bounces_list(state: State, unprocessed: bool, unattributed: bool, as_json: b
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def bounces_show(state: State, bounce_id: int, as_json: bool) -> None:
-    """What lmtpd read in one bounce, and the bounce itself."""
+    """What lmtpd read in one bounce, and the bounce itself.
+
+    \b
+    Example:
+      lmtpd bounces show 42
+    """
     info = state.run(lambda db: bounce_admin.show(db, bounce_id))
     if as_json:
         return emit_json(info)
@@ -98,7 +118,12 @@ def bounces_show(state: State, bounce_id: int, as_json: bool) -> None:
 @bounces_group.command("reclassify")
 @pass_state
 def bounces_reclassify(state: State) -> None:
-    """Re-read stored bounces with the current rules and recompute every score (after an upgrade)."""
+    """Re-read stored bounces with the current rules and recompute every score (after an upgrade).
+
+    \b
+    Example:
+      lmtpd bounces reclassify
+    """
     cfg = state.config
     if state.verbose:
         setup_logging(state.verbose)
@@ -121,7 +146,12 @@ def bounces_reclassify(state: State) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def bounces_stats(state: State, days: int, as_json: bool) -> None:
-    """Failures by reason and provider: which say a mailbox is dead, which are about the club's mail."""
+    """Failures by reason and provider: which say a mailbox is dead, which are about the club's mail.
+
+    \b
+    Example:
+      lmtpd bounces stats --days 30 --json
+    """
     rows = state.run(lambda db: bounce_admin.stats(db, time.time() - days * 86400))
     emit(
         rows,

@@ -11,7 +11,12 @@ from .base import State, emit, main, pass_state
 
 @main.group("commands")
 def commands_group() -> None:
-    """Mail commands of members (help, join, leave, pause...)."""
+    """Mail commands of members (help, join, leave, pause...).
+
+    \b
+    Example:
+      lmtpd commands log --json
+    """
 
 
 @commands_group.command("log")
@@ -19,7 +24,12 @@ def commands_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def commands_log(state: State, address: str | None, as_json: bool) -> None:
-    """Every command mail: who, when, to which address, the command and its outcome."""
+    """Every command mail: who, when, to which address, the command and its outcome.
+
+    \b
+    Example:
+      lmtpd commands log --address anna@example.net
+    """
     rows = state.run(lambda db: store.command_log(db, address))
     emit(
         rows,

@@ -13,13 +13,23 @@ from .base import State, main, pass_state
 
 @main.group()
 def db() -> None:
-    """Database schema."""
+    """Database schema.
+
+    \b
+    Example:
+      lmtpd db upgrade
+    """
 
 
 @db.command("upgrade")
 @pass_state
 def db_upgrade(state: State) -> None:
-    """Apply pending migrations."""
+    """Apply pending migrations.
+
+    \b
+    Example:
+      lmtpd --config /etc/lmtpd/lmtpd.toml db upgrade
+    """
 
     async def run(conn: aiosqlite.Connection) -> list:
         return await upgrade(conn)

@@ -16,7 +16,12 @@ from .base import State, fail, main, pass_state
 
 @main.group("dkim")
 def dkim_group() -> None:
-    """The key that signs the lists' copies."""
+    """The key that signs the lists' copies.
+
+    \b
+    Example:
+      lmtpd dkim keygen --selector lmtpd2026
+    """
 
 
 @dkim_group.command("keygen")
@@ -31,7 +36,12 @@ def dkim_group() -> None:
 )
 @pass_state
 def dkim_keygen(state: State, selector: str | None, bits: int, out: str | None) -> None:
-    """Make a key pair, write the private key (mode 0600) and print the DNS record."""
+    """Make a key pair, write the private key (mode 0600) and print the DNS record.
+
+    \b
+    Example:
+      lmtpd dkim keygen --selector lmtpd2026 --out /etc/lmtpd/dkim.key
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 

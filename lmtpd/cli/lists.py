@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import click
 
 from .. import roster
-from .. import roster as roster_module
-from ..store import commands as command_store
-from .base import State, emit, main, pass_state
+from .base import State, emit, emit_json, fail, main, pass_state, say
 
 # -------------------------------------------------------------------- lists
 
 
 @main.group("lists")
 def lists_group() -> None:
-    """Mailing lists of the club."""
+    """Mailing lists of the club.
+
+    \b
+    Example:
+      lmtpd lists add youth --description "Youth section"
+    """
 
 
 @lists_group.command("add")
@@ -60,7 +64,12 @@ def lists_group() -> None:
 )
 @pass_state
 def lists_add(state: State, name: str, **settings: Any) -> None:
-    """Create list NAME (its address is NAME@domain)."""
+    """Create list NAME (its address is NAME@domain).
+
+    \b
+    Example:
+      lmtpd lists add youth --description "Youth section" --posters list
+    """
     now = time.time()
     state.write(lambda db: roster.add_list(db, name, now, roster.ListSettings(**settings)))
     click.echo(f"list {name.lower()}@{state.config.domain} created")
@@ -68,39 +77,136 @@ def lists_add(state: State, name: str, **settings: Any) -> None:
 
 @lists_group.command("remove")
 @click.argument("name")
+@click.option("--yes", is_flag=True, help="Also when the list has members: their memberships are dropped.")
 @pass_state
-def lists_remove(state: State, name: str) -> None:
-    """Delete list NAME and its memberships (members stay in the club)."""
-    state.write(lambda db: roster.remove_list(db, name))
-    click.echo(f"list {name.lower()} removed")
+def lists_remove(state: State, name: str, yes: bool) -> None:
+    """Delete list NAME and its memberships (members stay in the club).
+
+    \b
+    Example:
+      lmtpd lists remove chess --yes
+    """
+    dropped = state.write(lambda db: roster.remove_list_checked(db, name, yes))
+    click.echo(f"list {name.lower()} removed" + (f", {dropped} membership(s) dropped" if dropped else ""))
+
+
+@lists_group.command("rename")
+@click.argument("old")
+@click.argument("new")
+@pass_state
+def lists_rename(state: State, old: str, new: str) -> None:
+    """Rename list OLD to NEW: members, settings and history stay; OLD@domain stops working.
+
+    \b
+    Example:
+      lmtpd lists rename juniors youth
+    """
+    name = state.write(lambda db: roster.rename_list(db, old, new))
+    click.echo(f"list {old.lower()} is now {name}@{state.config.domain}")
+
+
+_SET_OPTIONS = [
+    click.option("--description", default=None, help="Shown in List-Id."),
+    click.option(
+        "--posters", type=click.Choice(["club", "list"]), default=None, help="Any club member, or list members."
+    ),
+    click.option(
+        "--posting",
+        type=click.Choice(["members", "moderated", "announce"]),
+        default=None,
+        help="members post directly; moderated: their posts are held for a moderator; announce: moderators only.",
+    ),
+    click.option(
+        "--unauthenticated",
+        type=click.Choice(["refuse", "confirm", "hold"]),
+        default=None,
+        help="A member's post without DKIM/SPF proof: refused (550), confirmed by its author, or held.",
+    ),
+    click.option("--moderators", default=None, help='Addresses, space-separated ("" for the administrator).'),
+    click.option("--self-join/--no-self-join", default=None, help="Members may join by mail (join NAME)."),
+    click.option(
+        "--roster",
+        type=click.Choice(["members", "admin", "nobody"]),
+        default=None,
+        help="Who may see the list's members: its members by mail ('who NAME'), the administrator, nobody.",
+    ),
+    click.option("--auth", "auth_require", type=click.Choice(["dkim-or-spf", "dmarc", "none"]), default=None),
+    click.option("--prefix", "subject_prefix", default=None, help='Subject prefix ("" for none).'),
+    click.option("--reply-to", default=None, help='"poster", "list", or an address.'),
+    click.option("--dmarc-mitigation", type=click.Choice(["auto", "always", "never"]), default=None),
+    click.option("--archive", "archive_url", default=None, help="URL for List-Archive."),
+    click.option("--posts-per-day", type=click.IntRange(min=0), default=None, help="Daily limit per member."),
+    click.option("--default-posts-per-day", is_flag=True, help="Use [limits] posts_per_day again."),
+    click.option("--default-auth", is_flag=True, help="Use [auth] require again."),
+    click.option("--json", "as_json", is_flag=True, help="Print the list's settings as JSON afterwards."),
+]
+
+
+def _set_options(fn):  # type: ignore[no-untyped-def]
+    for option in reversed(_SET_OPTIONS):
+        fn = option(fn)
+    return fn
 
 
 @lists_group.command("set")
 @click.argument("name")
-@click.option("--self-join/--no-self-join", default=None, help="Members may join by mail (join NAME).")
-@click.option(
-    "--roster",
-    type=click.Choice(["members", "admin", "nobody"]),
-    default=None,
-    help="Who may see the list's members: its members by mail ('who NAME'), the administrator, nobody.",
-)
+@_set_options
 @pass_state
-def lists_set(state: State, name: str, self_join: bool | None, roster: str | None) -> None:
-    """Change what members may do with list NAME by mail."""
+def lists_set(
+    state: State, name: str, default_posts_per_day: bool, default_auth: bool, as_json: bool, **settings: Any
+) -> None:
+    """Change settings of list NAME in place; memberships and history stay.
 
-    async def change(db):
-        if not await command_store.set_list_commands(db, name.strip().lower(), self_join, roster):
-            raise roster_module.RosterError(f"no such list: {name}")
+    \b
+    Example:
+      lmtpd lists set youth --posting moderated --moderators "anna@example.net bob@example.net"
+      lmtpd lists set youth --unauthenticated confirm
+    """
+    changes = {k: v for k, v in settings.items() if v is not None}
+    if default_posts_per_day:
+        changes["posts_per_day"] = None
+    if default_auth:
+        changes["auth_require"] = None
+    if not changes:
+        fail("nothing to change: give at least one option (see --help)", os.EX_USAGE)
+    row = state.write(lambda db: roster.set_list(db, name, changes))
+    _show(row, as_json, state.config.domain)
 
-    state.write(change)
-    click.echo(f"list {name.lower()} updated")
+
+@lists_group.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def lists_show(state: State, name: str, as_json: bool) -> None:
+    """Every setting of list NAME.
+
+    \b
+    Example:
+      lmtpd lists show youth --json
+    """
+    _show(state.run(lambda db: roster.show_list(db, name)), as_json, state.config.domain)
+
+
+def _show(row: dict, as_json: bool, domain: str) -> None:
+    if as_json:
+        emit_json(row)
+        return
+    say(f"address: {row['name']}@{domain}")
+    for key, value in row.items():
+        if key != "name":
+            say(f"{key}: {'(default)' if value is None else value}")
 
 
 @lists_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def lists_list(state: State, as_json: bool) -> None:
-    """Show the lists."""
+    """Show the lists.
+
+    \b
+    Example:
+      lmtpd lists list --json
+    """
     rows = state.run(roster.all_lists)
     domain = state.config.domain
     emit(

@@ -19,7 +19,12 @@ from .base import State, emit, emit_json, fail, main, pass_state, say, setup_log
 
 @main.group("queue")
 def queue_group() -> None:
-    """The outbound queue."""
+    """The outbound queue.
+
+    \b
+    Example:
+      lmtpd queue list --state failed
+    """
 
 
 @queue_group.command("list")
@@ -34,7 +39,12 @@ def queue_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def queue_list(state: State, states: tuple[str, ...], list_name: str | None, as_json: bool) -> None:
-    """One line per copy: queue id, recipient, state, attempts, next attempt, last reply."""
+    """One line per copy: queue id, recipient, state, attempts, next attempt, last reply.
+
+    \b
+    Example:
+      lmtpd queue list --state failed --list youth
+    """
     wanted = (
         (*queue_admin.STATES, queue_admin.DROPPED)
         if "all" in states
@@ -57,7 +67,12 @@ def queue_list(state: State, states: tuple[str, ...], list_name: str | None, as_
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def queue_show(state: State, queue_id: str, as_json: bool) -> None:
-    """Envelope, copies with their states and last replies, and headers of one message."""
+    """Envelope, copies with their states and last replies, and headers of one message.
+
+    \b
+    Example:
+      lmtpd queue show 3F9A0C1B22D4
+    """
     info = state.run(lambda db: queue_admin.show(db, queue_id))
     if as_json:
         return emit_json(info)
@@ -81,7 +96,12 @@ def queue_show(state: State, queue_id: str, as_json: bool) -> None:
 @click.argument("queue_id", required=False)
 @pass_state
 def queue_flush(state: State, queue_id: str | None) -> None:
-    """Attempt every pending copy (of one message) now; exit 75 if the relay could not be reached."""
+    """Attempt every pending copy (of one message) now; exit 75 if the relay could not be reached.
+
+    \b
+    Example:
+      lmtpd queue flush 3F9A0C1B22D4
+    """
     cfg = state.config
     if state.verbose:
         setup_logging(state.verbose)
@@ -115,7 +135,12 @@ def queue_flush(state: State, queue_id: str | None) -> None:
 @click.option("--all-failed", is_flag=True, help="Every failed copy of every message.")
 @pass_state
 def queue_retry(state: State, queue_id: str | None, all_failed: bool) -> None:
-    """Queue failed copies again (they get a new lifetime)."""
+    """Queue failed copies again (they get a new lifetime).
+
+    \b
+    Example:
+      lmtpd queue retry --all-failed
+    """
     if bool(queue_id) == all_failed:
         fail("give a queue id or --all-failed", os.EX_USAGE)
     now = time.time()
@@ -127,7 +152,12 @@ def queue_retry(state: State, queue_id: str | None, all_failed: bool) -> None:
 @click.argument("queue_id")
 @pass_state
 def queue_hold(state: State, queue_id: str) -> None:
-    """Stop sending the pending copies of a message until released."""
+    """Stop sending the pending copies of a message until released.
+
+    \b
+    Example:
+      lmtpd queue hold 3F9A0C1B22D4
+    """
     count = state.write(lambda db: queue_admin.hold(db, queue_id))
     click.echo(f"{queue_id.upper()}: {count} copies held")
 
@@ -136,7 +166,12 @@ def queue_hold(state: State, queue_id: str) -> None:
 @click.argument("queue_id")
 @pass_state
 def queue_release(state: State, queue_id: str) -> None:
-    """Send the held copies of a message again, starting now."""
+    """Send the held copies of a message again, starting now.
+
+    \b
+    Example:
+      lmtpd queue release 3F9A0C1B22D4
+    """
     now = time.time()
     count = state.write(lambda db: queue_admin.release(db, queue_id, now))
     click.echo(f"{queue_id.upper()}: {count} copies released")
@@ -147,7 +182,12 @@ def queue_release(state: State, queue_id: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
 def queue_delete(state: State, queue_id: str, yes: bool) -> None:
-    """Delete a message and all its copies; unsent copies will never go out."""
+    """Delete a message and all its copies; unsent copies will never go out.
+
+    \b
+    Example:
+      lmtpd queue delete 3F9A0C1B22D4 --yes
+    """
     info = state.run(lambda db: queue_admin.show(db, queue_id))
     unsent = sum(1 for d in info["deliveries"] if d["state"] in (queue.PENDING, queue.HELD))
     if not yes:
@@ -163,7 +203,12 @@ def queue_delete(state: State, queue_id: str, yes: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def queue_stats(state: State, as_json: bool) -> None:
-    """Copies by state and by destination, and the age of the oldest unsent copy."""
+    """Copies by state and by destination, and the age of the oldest unsent copy.
+
+    \b
+    Example:
+      lmtpd queue stats --json
+    """
     info = state.run(lambda db: queue_admin.stats(db, time.time()))
     if as_json:
         return emit_json(info)

@@ -43,7 +43,12 @@ def _read(path: str | None) -> str:
 
 @main.group("reminders")
 def reminders_group() -> None:
-    """Scheduled posts to a list: once, recurring, before events, from a calendar."""
+    """Scheduled posts to a list: once, recurring, before events, from a calendar.
+
+    \b
+    Example:
+      lmtpd reminders add --list youth --subject "Training" --every "monday 18:00" < text.txt
+    """
 
 
 @reminders_group.command("add")
@@ -63,7 +68,12 @@ def reminders_group() -> None:
 @click.option("--timezone", metavar="ZONE", help="Default: [reminders] timezone.")
 @pass_state
 def reminders_add(state: State, list_name: str, subject: str, body_file: str | None, **when: object) -> None:
-    """A reminder: exactly one of --at, --rrule, --cron, --every, --event."""
+    """A reminder: exactly one of --at, --rrule, --cron, --every, --event.
+
+    \b
+    Example:
+      lmtpd reminders add --list youth --subject "Training {weekday}" --every "monday 18:00" < text.txt
+    """
     kinds = [k for k in ("at", "rrule", "cron", "every", "event") if when[k]]
     if len(kinds) != 1:
         fail("give exactly one of --at, --rrule, --cron, --every, --event", os.EX_USAGE)
@@ -99,7 +109,12 @@ def reminders_import(
     state: State, ics_file: str, list_name: str, offsets: tuple[str, ...], timezone: str | None, subject: str,
     body_file: str | None,
 ) -> None:  # fmt: skip
-    """Reminders for the events of an iCalendar file; events imported before are replaced."""
+    """Reminders for the events of an iCalendar file; events imported before are replaced.
+
+    \b
+    Example:
+      lmtpd reminders import club.ics --list youth --before 1d --before 2h
+    """
     text = _read(ics_file)
     body = _read(body_file) if body_file else ""
     tz = timezone or state.config.reminders.timezone
@@ -119,7 +134,12 @@ def reminders_import(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def reminders_list(state: State, list_name: str | None, as_json: bool) -> None:
-    """One line per reminder: id, list, next occurrence, rule; problems named."""
+    """One line per reminder: id, list, next occurrence, rule; problems named.
+
+    \b
+    Example:
+      lmtpd reminders list --json
+    """
     now = time.time()
     rows = _run(state, lambda db: reminder_admin.listing(db, now, list_name))
     emit(
@@ -138,7 +158,12 @@ def reminders_list(state: State, list_name: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def reminders_show(state: State, reminder_id: int, as_json: bool) -> None:
-    """The rule, the next 5 occurrences, the last recorded ones, the mail as it will be sent."""
+    """The rule, the next 5 occurrences, the last recorded ones, the mail as it will be sent.
+
+    \b
+    Example:
+      lmtpd reminders show 3
+    """
     cfg = state.config
     info = _run(state, lambda db: reminder_admin.show(db, cfg, reminder_id, time.time()))
     if as_json:
@@ -162,7 +187,12 @@ def reminders_show(state: State, reminder_id: int, as_json: bool) -> None:
 @click.argument("reminder_id", type=int)
 @pass_state
 def reminders_preview(state: State, reminder_id: int) -> None:
-    """The next occurrence's mail as members will receive it."""
+    """The next occurrence's mail as members will receive it.
+
+    \b
+    Example:
+      lmtpd reminders preview 3
+    """
     cfg = state.config
     for line in _run(state, lambda db: reminder_admin.preview(db, cfg, reminder_id, time.time())).splitlines():
         say(line)
@@ -177,7 +207,12 @@ def _toggle(state: State, reminder_id: int, paused: bool) -> None:
 @click.argument("reminder_id", type=int)
 @pass_state
 def reminders_pause(state: State, reminder_id: int) -> None:
-    """Stop posting it; occurrences while paused are not sent later."""
+    """Stop posting it; occurrences while paused are not sent later.
+
+    \b
+    Example:
+      lmtpd reminders pause 3
+    """
     _toggle(state, reminder_id, True)
 
 
@@ -185,7 +220,12 @@ def reminders_pause(state: State, reminder_id: int) -> None:
 @click.argument("reminder_id", type=int)
 @pass_state
 def reminders_resume(state: State, reminder_id: int) -> None:
-    """Post it again, from the next occurrence on (missed ones within the grace period are sent late)."""
+    """Post it again, from the next occurrence on (missed ones within the grace period are sent late).
+
+    \b
+    Example:
+      lmtpd reminders resume 3
+    """
     _toggle(state, reminder_id, False)
 
 
@@ -193,7 +233,12 @@ def reminders_resume(state: State, reminder_id: int) -> None:
 @click.argument("reminder_id", type=int)
 @pass_state
 def reminders_remove(state: State, reminder_id: int) -> None:
-    """Remove it and its record of occurrences."""
+    """Remove it and its record of occurrences.
+
+    \b
+    Example:
+      lmtpd reminders remove 3
+    """
     _run(state, lambda db: reminder_admin.remove(db, reminder_id), write=True)
     click.echo(f"reminder {reminder_id} removed")
 
@@ -214,7 +259,12 @@ def _post(state: State, job: Callable[[reminders.Scheduler], Awaitable[T]]) -> T
 @reminders_group.command("run")
 @pass_state
 def reminders_run(state: State) -> None:
-    """Post what is due (run it from cron; safe beside serve: each occurrence is posted once)."""
+    """Post what is due (run it from cron; safe beside serve: each occurrence is posted once).
+
+    \b
+    Example:
+      */5 * * * *  lmtpd --config /etc/lmtpd/lmtpd.toml reminders run
+    """
     done = _post(state, lambda s: s.run_once())
     for d in done:
         if d.outcome:
@@ -226,7 +276,12 @@ def reminders_run(state: State) -> None:
 @click.argument("reminder_id", type=int)
 @pass_state
 def reminders_send_now(state: State, reminder_id: int) -> None:
-    """One extra occurrence now (a test); the schedule is not changed."""
+    """One extra occurrence now (a test); the schedule is not changed.
+
+    \b
+    Example:
+      lmtpd reminders send-now 3
+    """
     cfg = state.config
 
     async def job(s: reminders.Scheduler) -> reminders.Done:

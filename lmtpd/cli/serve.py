@@ -21,7 +21,12 @@ from .base import DELIVERY_NICENESS, State, database_errors, fail, main, pass_st
 @main.command("check-config")
 @pass_state
 def check_config(state: State) -> None:
-    """Validate the configuration file (and the DKIM key it names) and exit."""
+    """Validate the configuration file (and the DKIM key it names) and exit.
+
+    \b
+    Example:
+      lmtpd --config /etc/lmtpd/lmtpd.toml check-config
+    """
     cfg = state.config
     if cfg.dkim.key_file is not None:
         try:
@@ -61,7 +66,12 @@ def _reminder_problems(cfg: Config) -> list[str]:
 @click.option("--upgrade", is_flag=True, help="Apply pending database migrations first.")
 @pass_state
 def serve(state: State, upgrade: bool) -> None:
-    """Run the LMTP server and the delivery worker until SIGTERM."""
+    """Run the LMTP server and the delivery worker until SIGTERM.
+
+    \b
+    Example:
+      lmtpd --config /etc/lmtpd/lmtpd.toml serve --upgrade
+    """
     cfg = state.config
     setup_logging(state.verbose)
     assert cfg.source is not None
@@ -82,7 +92,12 @@ def serve(state: State, upgrade: bool) -> None:
 @click.option("--from-serve", is_flag=True, help="Stdin is serve's wake-up pipe; stop when it ends.")
 @pass_state
 def deliver(state: State, nice: int, from_serve: bool) -> None:
-    """Run the delivery worker alone until SIGTERM (serve starts one by itself)."""
+    """Run the delivery worker alone until SIGTERM (serve starts one by itself).
+
+    \b
+    Example:
+      lmtpd --config /etc/lmtpd/lmtpd.toml deliver
+    """
     cfg = state.config
     setup_logging(state.verbose)
     os.nice(nice)

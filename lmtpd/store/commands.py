@@ -166,18 +166,3 @@ async def command_log(db: aiosqlite.Connection, address: str | None = None, limi
         (*params, limit),
     )
     return [dict(r) for r in rows]
-
-
-async def set_list_commands(db: aiosqlite.Connection, name: str, self_join: bool | None, roster: str | None) -> bool:
-    """What members may do with list ``name`` by mail; False if there is no such list."""
-    sets, params = [], []
-    if self_join is not None:
-        sets.append("self_join = ?")
-        params.append(int(self_join))
-    if roster is not None:
-        sets.append("roster = ?")
-        params.append(roster)
-    if not sets:
-        return bool(await fetchall(db, "SELECT 1 FROM lists WHERE name = ?", (name,)))
-    cur = await db.execute(f"UPDATE lists SET {', '.join(sets)} WHERE name = ?", (*params, name))
-    return cur.rowcount > 0

@@ -33,6 +33,9 @@ class MailingList(Record):
     reply_to: str
     dmarc_mitigation: str
     archive_url: str
+    posting: str  # "members", "moderated" (members' posts held), "announce" (moderators only)
+    unauthenticated: str  # a member's post without proof: "refuse", "confirm" (by the author), "hold"
+    moderators: str  # addresses, space-separated; "": the administrator
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Member(Record):
     delivery_disabled_at: float | None
     disabled_reason: str
     disabled_reported: int
+    may_post: int  # 0: the member receives but may not post
 
 
 _FIND_LIST = "SELECT * FROM lists WHERE name = ?"
@@ -161,7 +165,7 @@ async def list_overview(db: aiosqlite.Connection) -> list[dict[str, Any]]:
         db,
         """
         SELECT l.name, l.description, l.posters, l.posts_per_day, l.auth_require, l.subject_prefix, l.reply_to,
-               l.dmarc_mitigation, l.archive_url,
+               l.dmarc_mitigation, l.archive_url, l.posting, l.unauthenticated, l.moderators,
                (SELECT count(*) FROM memberships ms JOIN members m ON m.id = ms.member_id
                  WHERE ms.list_id = l.id AND m.active = 1) AS members
           FROM lists l ORDER BY l.name
@@ -228,3 +232,39 @@ async def member_overview(db: aiosqlite.Connection, list_id: int | None = None) 
         params,
     )
     return [dict(r) for r in rows]
+
+
+async def update_list(db: aiosqlite.Connection, list_id: int, settings: dict[str, Any]) -> None:
+    """Change some of a list's columns (``settings``: column -> value); memberships stay."""
+    if settings:
+        assignments = ", ".join(f"{column} = ?" for column in settings)
+        await db.execute(f"UPDATE lists SET {assignments} WHERE id = ?", (*settings.values(), list_id))
+
+
+async def membership_count(db: aiosqlite.Connection, list_id: int) -> int:
+    row = await fetchone(db, "SELECT count(*) FROM memberships WHERE list_id = ?", (list_id,))
+    return row[0] if row else 0
+
+
+async def update_member(db: aiosqlite.Connection, member_id: int, settings: dict[str, Any]) -> None:
+    """Change some of a member's columns (name, may_post, address); memberships and history stay."""
+    if settings:
+        assignments = ", ".join(f"{column} = ?" for column in settings)
+        await db.execute(f"UPDATE members SET {assignments} WHERE id = ?", (*settings.values(), member_id))
+
+
+async def pause_member(db: aiosqlite.Connection, member_id: int, now: float, reason: str) -> None:
+    """No copies until ``members enable``; already reported, so no bounce summary names it."""
+    await db.execute(
+        "UPDATE members SET delivery_disabled_at = ?, disabled_reason = ?, disabled_reported = 1 WHERE id = ?",
+        (now, reason, member_id),
+    )
+
+
+async def rename_list(db: aiosqlite.Connection, list_id: int, old: str, new: str) -> None:
+    """A list's new name; memberships follow its id, and its history (posts, bounces, held posts) the new name."""
+    await db.execute("UPDATE lists SET name = ? WHERE id = ?", (new, list_id))
+    await db.execute("UPDATE posts SET list_name = ? WHERE list_id = ? OR (list_id IS NULL AND list_name = ?)",
+                     (new, list_id, old))  # fmt: skip
+    await db.execute("UPDATE bounces SET list_name = ? WHERE list_name = ?", (new, old))
+    await db.execute("UPDATE held SET list_name = ? WHERE list_id = ?", (new, list_id))
