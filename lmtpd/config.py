@@ -119,6 +119,24 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """Days to keep what is done with; 0 keeps it forever."""
+
+    copies_days: int = 30  # copies sent, or failed and reported
+    posts_days: int = 90  # posts, their messages and their remaining copies
+    bounces_days: int = 180  # processed bounces no current score rests on
+    interval: float = 300.0  # seconds between serve's pruning passes
+    batch: int = 100  # rows per transaction: each holds the write lock a few milliseconds
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = ""  # "127.0.0.1:PORT": Prometheus metrics over HTTP, loopback only
+    textfile: Path | None = None  # or write them here for node_exporter's textfile collector
+    interval: float = 15.0  # seconds between textfile writes
+
+
+@dataclass(frozen=True)
 class Config:
     domain: str
     database: Path
@@ -133,6 +151,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: Path | None = None
 
 
@@ -182,6 +202,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     auth = top.section("auth")
     bounces = top.section("bounces")
     dkim_section = top.section("dkim")
+    retention = top.section("retention")
+    metrics = top.section("metrics")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -272,6 +294,16 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     if bool(dkim_cfg.selector) != bool(dkim_cfg.key_file):
         raise ConfigError("[dkim] selector and key_file: give both or neither")
     dkim_section.done()
+    retention_cfg = RetentionConfig(
+        copies_days=retention.integer("copies_days", RetentionConfig.copies_days, low=0),
+        posts_days=retention.integer("posts_days", RetentionConfig.posts_days, low=0),
+        bounces_days=retention.integer("bounces_days", RetentionConfig.bounces_days, low=0),
+        interval=retention.number("interval", RetentionConfig.interval, low=1),
+        batch=retention.integer("batch", RetentionConfig.batch, low=1, high=10000),
+    )
+    retention.done()
+    metrics_cfg = _metrics(metrics, base)
+    metrics.done()
     return Config(
         domain=domain,
         database=database,
@@ -286,7 +318,26 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         auth=auth_cfg,
         bounces=bounces_cfg,
         dkim=dkim_cfg,
+        retention=retention_cfg,
+        metrics=metrics_cfg,
         source=source,
+    )
+
+
+def _metrics(section: _Section, base: Path) -> MetricsConfig:
+    listen = section.string("listen", "")
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{section.name('listen')}: expected 'HOST:PORT', got {listen!r}")
+        if host not in ("localhost", "::1") and not host.startswith("127."):
+            raise ConfigError(f"{section.name('listen')}: metrics are served on a loopback address only, got {host!r}")
+    textfile = section.string("textfile", "")
+    return MetricsConfig(
+        listen=listen,
+        textfile=(Path(textfile) if Path(textfile).is_absolute() else base / textfile) if textfile else None,
+        interval=section.number("interval", MetricsConfig.interval, low=1),
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from .config import Config, ConfigError, load
 from .copies import SigningError
 from .delivery import Worker
+from .housekeeping import Housekeeping
 from .ingest import IngestHandler
 from .listeners import (
     TOO_MANY,
@@ -70,6 +71,7 @@ class Service:
         self.lmtp_gate = Gate("lmtp", cfg.lmtp.max_connections)
         self.policy_gate = Gate("policy", cfg.policy.max_connections)
         self._resources = AsyncExitStack()  # the runtime: database, writer, in-loop worker
+        self.housekeeping: Housekeeping | None = None
         self.started = False
 
     async def start(self, allow_upgrade: bool = False) -> None:
@@ -130,6 +132,8 @@ class Service:
             await self.delivery.start()
         elif cfg.relay.deliver and self.worker is not None:
             self._worker_task = loop.create_task(self.worker.run(), name="lmtpd-delivery")
+        self.housekeeping = Housekeeping(cfg, self.writer, self.clock)
+        self.housekeeping.start()  # pruning, metrics; tells systemd we are ready
         log.info("lmtpd listening on %s for %s", cfg.lmtp.listen, cfg.domain)
 
     def _make_handler(self, cfg: Config) -> IngestHandler:
@@ -146,6 +150,8 @@ class Service:
                     listen.path.unlink(missing_ok=True)
         if self.delivery is not None:
             await self.delivery.stop()
+        if self.housekeeping is not None:
+            await self.housekeeping.stop()
         await self._resources.aclose()
 
     def reload(self) -> None:
@@ -207,6 +213,8 @@ class Service:
             await self.delivery.stop()
         if self.worker is not None:
             await stop_worker(self.worker, self._worker_task, grace)
+        if self.housekeeping is not None:
+            await self.housekeeping.stop()
         await self._resources.aclose()  # commits what is pending, closes the database
         if self.writer.batches:
             log.info(
