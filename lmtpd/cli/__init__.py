@@ -1,6 +1,6 @@
 """The operator's command line: one click group per noun, verbs beneath, one module each."""
 
-from . import bounces, db, dkim, lists, members, queue, serve  # noqa: F401  (they add their commands to main)
+from . import bounces, db, dkim, lists, members, postfix, queue, serve  # noqa: F401  (they add their commands to main)
 from .base import main
 
 __all__ = ["main", "run"]
