@@ -24,6 +24,7 @@ from .store import retention as store
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
+PruneJob = Callable[[sqlite3.Connection, float, int], int]  # (db, before, limit) -> rows deleted
 MAX_BATCHES = 10000  # per kind and pass: a pass always ends; the next one goes on
 RECLAIM_PAGES = 256  # free pages handed back per batch, where auto_vacuum is incremental
 
@@ -74,7 +75,7 @@ async def prune(writer: Writer, cfg: RetentionConfig, clock: Callable[[], float]
     """Delete, batch by batch, everything ``cfg`` says is old enough; return the counts."""
     cut = cutoffs(cfg, clock())
     done = Pruned()
-    kinds: list[tuple[str, float | None, Callable[[sqlite3.Connection, float, int], int]]] = [
+    kinds: list[tuple[str, float | None, PruneJob]] = [
         ("copies", cut.copies, store.prune_copies),  # first: posts then carry fewer copies along
         ("posts", cut.posts, store.prune_posts),
         ("bounces", cut.bounces, store.prune_bounces),
@@ -83,7 +84,7 @@ async def prune(writer: Writer, cfg: RetentionConfig, clock: Callable[[], float]
         if before is None:
             continue
         for _ in range(MAX_BATCHES):
-            n = await writer.submit(lambda db, job=job, before=before: _batch(db, job, before, cfg.batch))
+            n = await writer.submit(lambda db, job=job, before=before: run_batch(db, job, before, cfg.batch))
             setattr(done, name, getattr(done, name) + n)
             if n < cfg.batch:
                 break
@@ -96,7 +97,8 @@ async def prune(writer: Writer, cfg: RetentionConfig, clock: Callable[[], float]
     return done
 
 
-def _batch(db: sqlite3.Connection, job: Callable[[sqlite3.Connection, float, int], int], before: float, n: int) -> int:
+def run_batch(db: sqlite3.Connection, job: PruneJob, before: float, n: int) -> int:
+    """One batch of one kind, and the pages it freed handed back: one writer job."""
     deleted = job(db, before, n)
     if deleted:
         store.reclaim_space(db, RECLAIM_PAGES)
