@@ -16,7 +16,7 @@ import sqlite3
 # carry the time they became final in next_attempt_at, so deliveries_due finds old ones.
 _DONE_COPY = "(d.state = 'sent' OR p.reported_at IS NOT NULL OR p.kind = 'report')"
 _OLD_COPIES = f"""
-    SELECT d.id FROM deliveries d JOIN posts p ON p.id = d.post_id
+    SELECT d.id FROM deliveries d CROSS JOIN posts p ON p.id = d.post_id  -- CROSS: from deliveries_due, never all posts
      WHERE d.state IN ('sent', 'failed') AND d.next_attempt_at < ? AND {_DONE_COPY}
 """
 _OLD_POSTS = """
