@@ -24,6 +24,7 @@ setup(
         "flufl.bounce>=4.0",  # reading bounces that are not RFC 3464 reports
         "cryptography>=41",  # `lmtpd dkim keygen`
         "authres>=1.2",  # reading Authentication-Results (RFC 8601) of our own MTA
+        "prometheus-client>=0.20",  # [metrics]: the official exposition format, HTTP endpoint and textfile
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-asyncio>=0.24", "trustme>=1.1", "ruff"],
