@@ -29,6 +29,7 @@ setup(
         "icalendar>=5.0",  # reminders: reading the club's calendar file (RFC 5545)
         "recurring-ical-events>=2.0",  # reminders: a calendar's series with EXDATE, moved and cancelled occurrences
         "tzdata",  # reminders: zoneinfo's time zones where the system has none
+        "prometheus-client>=0.20",  # [metrics]: the official exposition format, HTTP endpoint and textfile
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-asyncio>=0.24", "trustme>=1.1", "ruff"],

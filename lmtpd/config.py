@@ -141,6 +141,24 @@ class ModerationConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """Days to keep what is done with; 0 keeps it forever."""
+
+    copies_days: int = 30  # copies sent, or failed and reported
+    posts_days: int = 90  # posts, their messages and their remaining copies
+    bounces_days: int = 180  # processed bounces no current score rests on
+    interval: float = 300.0  # seconds between serve's pruning passes
+    batch: int = 100  # rows per transaction: each holds the write lock a few milliseconds
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = ""  # "127.0.0.1:PORT": Prometheus metrics over HTTP, loopback only
+    textfile: Path | None = None  # or write them here for node_exporter's textfile collector
+    interval: float = 15.0  # seconds between textfile writes
+
+
+@dataclass(frozen=True)
 class Config:
     domain: str
     database: Path
@@ -157,6 +175,8 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     reminders: RemindersConfig = field(default_factory=RemindersConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: Path | None = None
     commands: CommandsConfig = field(default_factory=CommandsConfig)
 
@@ -210,6 +230,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     commands = top.section("commands")
     reminders_section = top.section("reminders")
     moderation = top.section("moderation")
+    retention = top.section("retention")
+    metrics = top.section("metrics")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -315,6 +337,16 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         expire_days=moderation.integer("expire_days", ModerationConfig.expire_days, low=1),
     )
     moderation.done()
+    retention_cfg = RetentionConfig(
+        copies_days=retention.integer("copies_days", RetentionConfig.copies_days, low=0),
+        posts_days=retention.integer("posts_days", RetentionConfig.posts_days, low=0),
+        bounces_days=retention.integer("bounces_days", RetentionConfig.bounces_days, low=0),
+        interval=retention.number("interval", RetentionConfig.interval, low=1),
+        batch=retention.integer("batch", RetentionConfig.batch, low=1, high=10000),
+    )
+    retention.done()
+    metrics_cfg = _metrics(metrics, base)
+    metrics.done()
     return Config(
         domain=domain,
         database=database,
@@ -331,6 +363,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         dkim=dkim_cfg,
         reminders=reminders_cfg,
         moderation=moderation_cfg,
+        retention=retention_cfg,
+        metrics=metrics_cfg,
         source=source,
         commands=commands_cfg,
     )
@@ -348,6 +382,23 @@ def _reminders(section: _Section, domain: str) -> RemindersConfig:
     cfg = RemindersConfig(timezone=tz, grace=section.number("grace", RemindersConfig.grace, low=0), sender=sender)
     section.done()
     return cfg
+
+
+def _metrics(section: _Section, base: Path) -> MetricsConfig:
+    listen = section.string("listen", "")
+    if listen:
+        host, sep, port = listen.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{section.name('listen')}: expected 'HOST:PORT', got {listen!r}")
+        if host not in ("localhost", "::1") and not host.startswith("127."):
+            raise ConfigError(f"{section.name('listen')}: metrics are served on a loopback address only, got {host!r}")
+    textfile = section.string("textfile", "")
+    return MetricsConfig(
+        listen=listen,
+        textfile=(Path(textfile) if Path(textfile).is_absolute() else base / textfile) if textfile else None,
+        interval=section.number("interval", MetricsConfig.interval, low=1),
+    )
 
 
 def _listen(section: _Section, key: str, base: Path) -> Listen:

@@ -26,6 +26,7 @@ from typing import Any
 from .config import Config, ConfigError, load
 from .copies import SigningError
 from .delivery import Worker
+from .housekeeping import Housekeeping
 from .ingest import IngestHandler
 from .listeners import (
     TOO_MANY,
@@ -71,6 +72,7 @@ class Service:
         self.lmtp_gate = Gate("lmtp", cfg.lmtp.max_connections)
         self.policy_gate = Gate("policy", cfg.policy.max_connections)
         self._resources = AsyncExitStack()  # the runtime: database, writer, in-loop worker
+        self.housekeeping: Housekeeping | None = None
         self.started = False
 
     async def start(self, allow_upgrade: bool = False) -> None:
@@ -134,6 +136,8 @@ class Service:
         # reminders run here, beside ingest: this writer fans out, and wakes the worker as a post does
         self.scheduler = self.runtime.reminders(self.handler.signer, self.handler.on_accepted)
         self._reminders_task = loop.create_task(self.scheduler.run(), name="lmtpd-reminders")
+        self.housekeeping = Housekeeping(cfg, self.writer, self.clock)
+        self.housekeeping.start()  # pruning, metrics; tells systemd we are ready
         log.info("lmtpd listening on %s for %s", cfg.lmtp.listen, cfg.domain)
 
     def _make_handler(self, cfg: Config) -> IngestHandler:
@@ -150,6 +154,8 @@ class Service:
                     listen.path.unlink(missing_ok=True)
         if self.delivery is not None:
             await self.delivery.stop()
+        if self.housekeeping is not None:
+            await self.housekeeping.stop()
         await self._resources.aclose()
 
     def reload(self) -> None:
@@ -215,6 +221,8 @@ class Service:
             await self.delivery.stop()
         if self.worker is not None:
             await stop_worker(self.worker, self._worker_task, grace)
+        if self.housekeeping is not None:
+            await self.housekeeping.stop()
         await self._resources.aclose()  # commits what is pending, closes the database
         if self.writer.batches:
             log.info(

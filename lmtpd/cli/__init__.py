@@ -1,6 +1,18 @@
 """The operator's command line: one click group per noun, verbs beneath, one module each."""
 
-from . import bounces, commands, db, dkim, held, lists, members, queue, reminders, serve  # noqa: F401  (they add their commands to main)
+from . import (  # noqa: F401  (they add their commands to main)
+    bounces,
+    commands,
+    db,
+    dkim,
+    held,
+    lists,
+    members,
+    postfix,
+    queue,
+    reminders,
+    serve,
+)
 from .base import main
 
 __all__ = ["main", "run"]

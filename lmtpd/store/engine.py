@@ -33,6 +33,7 @@ BUSY_TIMEOUT_MS = 15000  # how long a connection waits for another process's wri
 SET_BUSY_TIMEOUT = f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}"
 PRAGMAS = (
     SET_BUSY_TIMEOUT,
+    "PRAGMA auto_vacuum = INCREMENTAL",  # takes effect in a new file only: pruning gives pages back
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = FULL",  # in WAL mode, FULL is what makes a commit durable
     "PRAGMA foreign_keys = ON",
