@@ -21,9 +21,12 @@ def notify(state: str, environ: dict[str, str] | None = None) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    try:  # never blocks: a listener that does not read must not freeze the event loop
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.sendto(state.encode(), address)
+    except BlockingIOError:
+        log.debug("sd_notify %s: the listener's queue is full; dropped", state)
+        return False
     except OSError as exc:
         log.warning("sd_notify %s: %s", state, exc)
         return False

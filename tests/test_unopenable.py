@@ -35,7 +35,7 @@ async def run(config: Path, *args: str, prefix: tuple[str, ...] = ()) -> tuple[i
         stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        _, err = await asyncio.wait_for(proc.communicate(), HANG)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -49,11 +49,26 @@ def config_for(folder: Path, database: str) -> Path:
     return path
 
 
+HANG = 20.0  # seconds after which a command counts as hung and is killed
+
+
+async def run_all(calls: list[tuple[Path, tuple[str, ...], tuple[str, ...]]]) -> list[tuple[int, str, float]]:
+    """Several commands, at most four at a time: two cores, and 25 interpreters starting at
+    once would measure the machine, not lmtpd."""
+    gate = asyncio.Semaphore(4)
+
+    async def one(config: Path, command: tuple[str, ...], prefix: tuple[str, ...]) -> tuple[int, str, float]:
+        async with gate:
+            return await run(config, *command, prefix=prefix)
+
+    return await asyncio.gather(*(one(*call) for call in calls))
+
+
 def assert_one_line(result: tuple[int, str, float], codes: tuple[int, ...] = (os.EX_IOERR, os.EX_CONFIG)) -> str:
     status, err, took = result
     assert status in codes, (status, err)
     assert len(err.splitlines()) == 1 and err.startswith("lmtpd: "), err
-    assert took < 10, took
+    assert took < HANG, took  # a hang used to be forever; "within seconds" on a loaded machine is below this
     return err
 
 
@@ -78,7 +93,7 @@ async def test_unusable_databases_fail_fast_with_one_line(short_dir: Path):
         folder = short_dir / f"case-{kind.replace(' ', '-').replace('/', '')}"
         folder.mkdir()
         configs[kind] = config_for(folder, path)
-    results = await asyncio.gather(*(run(configs[kind], *command) for kind, command in cases))
+    results = await run_all([(configs[kind], command, ()) for kind, command in cases])
     for (kind, command), result in zip(cases, results, strict=True):
         err = assert_one_line(result)
         assert "Traceback" not in err, (kind, command, err)
@@ -106,8 +121,8 @@ async def test_a_database_the_user_cannot_read(short_dir: Path):
     (locked / "lmtpd.toml").rename(short_dir / "locked.toml")  # the config stays readable
     locked_config = short_dir / "locked.toml"
     locked_config.write_text(locked_config.read_text().replace('"club.sqlite3"', f'"{locked}/club.sqlite3"'))
-    results = await asyncio.gather(
-        *(run(cfg, *command, prefix=AS_UNPRIVILEGED) for cfg in (config, locked_config) for command in COMMANDS)
+    results = await run_all(
+        [(cfg, command, AS_UNPRIVILEGED) for cfg in (config, locked_config) for command in COMMANDS]
     )
     for result in results:
         err = assert_one_line(result)
