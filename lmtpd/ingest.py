@@ -233,6 +233,8 @@ def _check_poster(
     db: sqlite3.Connection, member: Member | None, author: str, lst: MailingList, cfg: Config, day: str
 ) -> str:
     """Empty if ``author`` may post to ``lst`` now (and count the post), else the refusal."""
+    if member is None and moderation.may_post_unlisted(lst, author, cfg.admin):
+        return ""  # a moderator outside the club, proven like any poster: no member, so no quota
     refusal = poster_refusal(author, cfg.domain, lst, member, lambda: members.in_list(db, lst.id, member.id))
     if refusal:
         return refusal

@@ -67,6 +67,8 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     except ValueError:
         return f"550 5.7.1 <{sender}> may not post to {lst.name}"
     member = members.find_member(db, author)
+    if member is None and moderation.may_post_unlisted(lst, author, cfg.admin):
+        return DUNNO  # a moderator outside the club: proven after DATA like any poster
     refusal = poster_refusal(author, cfg.domain, lst, member, lambda: members.in_list(db, lst.id, member.id))
     if refusal:
         return refusal
