@@ -498,3 +498,33 @@ async def test_a_moderator_outside_the_club_needs_the_same_proof(confirming):
     assert rows(cfg, "SELECT count(*) FROM held")[0][0] == 0
     await asyncio.sleep(0.3)
     assert sink.received == []
+
+
+async def test_the_administrators_old_pause_becomes_the_one_pause(tmp_path: Path, monkeypatch):
+    from lmtpd.store import engine
+
+    db = await engine.connect(tmp_path / "old.sqlite3")
+    known = engine.migrations()
+    ours = next(i for i, m in enumerate(known) if m.name == "moderation_round2")
+    monkeypatch.setattr(engine, "migrations", lambda: known[:ours])
+    await engine.upgrade(db)
+    await db.executescript(
+        """
+        INSERT INTO members (address, name, created_at, delivery_disabled_at, disabled_reason)
+            VALUES ('bob@example.net', 'Bob', 0, 100, 'paused by the administrator'),
+                   ('dead@example.net', '', 0, 200, '5 bounces: 550 5.1.1 user unknown');
+        INSERT INTO members (address, name, created_at, paused_at, paused_until)
+            VALUES ('carla@example.com', 'Carla', 0, 300, 900);
+        """
+    )
+    monkeypatch.setattr(engine, "migrations", lambda: known)
+    await engine.upgrade(db)
+    found = await engine.fetchall(
+        db, "SELECT address, paused_at, paused_until, paused_by, delivery_disabled_at FROM members ORDER BY address"
+    )
+    await db.close()
+    assert [tuple(r) for r in found] == [
+        ("bob@example.net", 100, None, "admin", None),
+        ("carla@example.com", 300, 900, "member", None),
+        ("dead@example.net", None, None, "", 200),  # bounces still disable delivery, apart from pauses
+    ]
