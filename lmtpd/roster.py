@@ -65,6 +65,7 @@ class ListSettings:
     self_join: bool = False  # members may join by mail (``join NAME``, lmtpd.commands)
     roster: str = "admin"  # who may see the members by mail: "members", "admin" (not by mail), "nobody"
     notify: str | None = None  # moderators' notifications: "each", "digest"; None: [moderation] notify
+    max_size: int | None = None  # bytes a post may have; None: [lmtp] max_message_size alone
 
 
 async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: ListSettings = ListSettings()) -> None:

@@ -4,6 +4,9 @@
 -- (one mail per `held process` run); NULL: [moderation] notify.
 ALTER TABLE lists ADD COLUMN notify TEXT CHECK (notify IS NULL OR notify IN ('each', 'digest'));
 
+-- A list's own size limit in bytes, below [lmtp] max_message_size; NULL: that one alone.
+ALTER TABLE lists ADD COLUMN max_size INTEGER CHECK (max_size IS NULL OR max_size > 0);
+
 -- Who paused a member's copies (paused_at/paused_until): 'member' by mail ('pause'),
 -- 'admin' (lmtpd members set --pause); '' when not paused.
 ALTER TABLE members ADD COLUMN paused_by TEXT NOT NULL DEFAULT ''

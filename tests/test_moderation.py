@@ -392,7 +392,7 @@ def test_lists_add_takes_every_setting_lists_set_takes(tmp_path: Path):
             cmd = cmd.commands[name]  # type: ignore[attr-defined]
         return {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
 
-    set_only = {"--default-posts-per-day", "--default-auth", "--default-notify", "--json"}
+    set_only = {"--default-posts-per-day", "--default-auth", "--default-notify", "--default-max-size", "--json"}
     assert options("lists", "add") == options("lists", "set") - set_only
     added = run("lists", "add", "news", "--posting", "announce", "--moderators", "Mod@Example.ORG",
                 "--unauthenticated", "hold", "--self-join", "--roster", "members", "--notify", "digest",
@@ -528,3 +528,37 @@ async def test_the_administrators_old_pause_becomes_the_one_pause(tmp_path: Path
         ("carla@example.com", 300, 900, "member", None),
         ("dead@example.net", None, None, "", 200),  # bounces still disable delivery, apart from pauses
     ]
+
+
+async def test_a_lists_own_size_limit_refuses_at_rcpt_and_after_data(club_config: Config, service, clock: Clock):
+    cfg = club_config
+    shown = json.loads(
+        (await asyncio.to_thread(cli, cfg, "lists", "set", "youth", "--max-size", "2048", "--json")).output
+    )
+    assert shown["max_size"] == 2048
+    reader = connect_sync(cfg.database)
+    try:
+        ask = {
+            (rcpt, size): policy.decide(
+                {"request": "smtpd_access_policy", "sender": "anna@example.net", "recipient": rcpt, "size": size},
+                reader,
+                cfg,
+                clock(),
+            )
+            for rcpt in ("youth@myclub.org", "trainers@myclub.org")
+            for size in ("0", "2048", "5000")
+        }
+    finally:
+        reader.close()
+    assert ask[("youth@myclub.org", "5000")] == (
+        "552 5.3.4 message too big for list youth: 5000 bytes, at most 2048"
+    )  # fmt: skip
+    assert ask[("youth@myclub.org", "0")] == ask[("youth@myclub.org", "2048")] == "DUNNO"  # 0: no SIZE= given
+    assert ask[("trainers@myclub.org", "5000")] == "DUNNO"  # no limit of its own
+    big = message(body=("x" * 98 + "\r\n") * 40)  # 4 kB
+    t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"], big)
+    assert t.data[0].startswith("552 5.3.4 message too big for list youth"), t.data
+    assert t.data[1].endswith("accepted"), t.data
+    assert (await post(cfg, message())).endswith("accepted")
+    back = await asyncio.to_thread(cli, cfg, "lists", "set", "youth", "--default-max-size", "--json")
+    assert json.loads(back.output)["max_size"] is None

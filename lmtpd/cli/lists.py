@@ -77,6 +77,12 @@ _LIST_OPTIONS = [
         help="Daily limit per member (default: [limits] posts_per_day).",
     ),
     click.option(
+        "--max-size",
+        type=click.IntRange(min=1024),
+        default=None,
+        help="Bytes a post may have, below [lmtp] max_message_size (larger posts: 552 at RCPT or after DATA).",
+    ),
+    click.option(
         "--notify",
         type=click.Choice(["each", "digest"]),
         default=None,
@@ -88,6 +94,7 @@ _SET_ONLY = [
     click.option("--default-posts-per-day", is_flag=True, help="Use [limits] posts_per_day again."),
     click.option("--default-auth", is_flag=True, help="Use [auth] require again."),
     click.option("--default-notify", is_flag=True, help="Use [moderation] notify again."),
+    click.option("--default-max-size", is_flag=True, help="No size limit of the list's own again."),
     click.option("--json", "as_json", is_flag=True, help="Print the list's settings as JSON afterwards."),
 ]
 
@@ -163,6 +170,7 @@ def lists_set(
     default_posts_per_day: bool,
     default_auth: bool,
     default_notify: bool,
+    default_max_size: bool,
     as_json: bool,
     **settings: Any,
 ) -> None:
@@ -180,6 +188,8 @@ def lists_set(
         changes["auth_require"] = None
     if default_notify:
         changes["notify"] = None
+    if default_max_size:
+        changes["max_size"] = None
     if not changes:
         fail("nothing to change: give at least one option (see --help)", os.EX_USAGE)
     row = state.write(lambda db: roster.set_list(db, name, changes))

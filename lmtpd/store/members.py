@@ -37,6 +37,7 @@ class MailingList(Record):
     unauthenticated: str  # a member's post without proof: "refuse", "confirm" (by the author), "hold"
     moderators: str  # addresses, space-separated; "": the administrator
     notify: str | None  # moderators' notifications: "each", "digest"; None: [moderation] notify
+    max_size: int | None  # bytes a post may have; None: [lmtp] max_message_size alone
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ async def list_overview(db: aiosqlite.Connection) -> list[dict[str, Any]]:
         """
         SELECT l.name, l.description, l.posters, l.posts_per_day, l.auth_require, l.subject_prefix, l.reply_to,
                l.dmarc_mitigation, l.archive_url, l.posting, l.unauthenticated, l.moderators, l.notify,
-               l.self_join, l.roster,
+               l.self_join, l.roster, l.max_size,
                (SELECT count(*) FROM memberships ms JOIN members m ON m.id = ms.member_id
                  WHERE ms.list_id = l.id AND m.active = 1) AS members
           FROM lists l ORDER BY l.name
