@@ -342,7 +342,12 @@ def status_text(member: Member, rows: list[store.MemberList], cfg: Config, now: 
         since = _day(member.delivery_disabled_at)
         delivery = f"disabled since {since} after bounces ({member.disabled_reason or 'no reason recorded'})"
     elif paused_at is not None and (paused_until is None or paused_until > now):
-        delivery = f"paused until {_day(paused_until)}" if paused_until else "paused (send 'resume' to get mail again)"
+        who = " by the administrator" if member.paused_by == "admin" else ""
+        delivery = (
+            f"paused{who} until {_day(paused_until)}"
+            if paused_until
+            else f"paused{who} (send 'resume' to get mail again)"
+        )
     else:
         delivery = "active"
     lines = [f"Your address: {member.address}", f"Delivery: {delivery}", "", "Your lists:"]

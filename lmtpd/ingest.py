@@ -25,7 +25,7 @@ from .headers import field as header_field
 from .headers import printable
 from .lmtp import TEMPFAIL, HooksOnly, valid_text, wire_reply
 from .message import HeaderInfo, read_headers, split_message
-from .rules import daily_limit, drop_reason, limit_refusal, poster_refusal
+from .rules import daily_limit, drop_reason, limit_refusal, poster_refusal, size_refusal
 from .store import Writer, bounces, members, posts, savepoint
 from .store.members import MailingList, Member
 from .store.outbound import FANOUT, enqueue_post
@@ -83,6 +83,9 @@ def accept(
             refusal = f"550 5.1.1 <{address}>: no such list"
         if refusal or lst is None or rcpt is None:
             replies.append(refusal)
+            continue
+        if rcpt.kind == POST and size_refusal(lst, len(arrival.raw)):  # too big for this list: never held either
+            replies.append(size_refusal(lst, len(arrival.raw)))
             continue
         held = moderation.intercept(db, arrival, rcpt, lst, member, address, accepted, cfg)  # held posts, their replies
         if held:
@@ -233,6 +236,8 @@ def _check_poster(
     db: sqlite3.Connection, member: Member | None, author: str, lst: MailingList, cfg: Config, day: str
 ) -> str:
     """Empty if ``author`` may post to ``lst`` now (and count the post), else the refusal."""
+    if member is None and moderation.may_post_unlisted(lst, author, cfg.admin):
+        return ""  # a moderator outside the club, proven like any poster: no member, so no quota
     refusal = poster_refusal(author, cfg.domain, lst, member, lambda: members.in_list(db, lst.id, member.id))
     if refusal:
         return refusal

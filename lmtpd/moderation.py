@@ -73,6 +73,19 @@ def is_moderator(lst: MailingList, address: str, admin: str) -> bool:
     return wanted == admin.lower() or any(m.lower() == wanted for m in lst.moderators.split())
 
 
+def notify_mode(lst: MailingList, default: str) -> str:
+    """How a list's moderators hear of held posts: the list's own setting, else [moderation] notify."""
+    return lst.notify or default
+
+
+def may_post_unlisted(lst: MailingList, author: str, admin: str) -> bool:
+    """A moderator who is no club member may still post to a list they moderate (announce or
+    moderated): their mail proves them as any post must, and nobody else gets through. The
+    administrator counts only on a list that names no moderators (they are its moderator then)."""
+    wanted = author.lower()
+    return lst.posting in (MODERATED, ANNOUNCE) and any(m.lower() == wanted for m in moderators_of(lst, admin))
+
+
 def token_address(list_name: str, token: str, domain: str, delimiter: str = "+") -> str:
     return f"{list_name}-moderate{delimiter}{token}@{domain}"
 
@@ -332,7 +345,7 @@ def hold(
 
 def notify(db: sqlite3.Connection, post: HeldPost, lst: MailingList, cfg: Config, now: float) -> None:
     """One notification per moderator, now; in digest mode, later (``held process``)."""
-    if cfg.moderation.notify == "digest":
+    if notify_mode(lst, cfg.moderation.notify) == "digest":
         return
     for moderator in moderators_of(lst, cfg.admin):
         queue_id = new_queue_id()

@@ -28,7 +28,7 @@ from .addresses import POST, normalize_address
 from .config import Config
 from .headers import printable
 from .lmtp import TEMPFAIL
-from .rules import daily_limit, limit_refusal, poster_refusal
+from .rules import daily_limit, limit_refusal, poster_refusal, size_refusal
 from .store import members
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,17 @@ def decide(request: dict[str, str], db: sqlite3.Connection, cfg: Config, now: fl
     tls = tls_refusal(request, cfg)
     if tls:
         return tls
+    declared = request.get("size", "0")  # MAIL FROM's SIZE=, if the client sent one
+    too_big = size_refusal(lst, int(declared)) if declared.isdigit() else ""
+    if too_big:
+        return too_big
     try:
         author = normalize_address(sender)
     except ValueError:
         return f"550 5.7.1 <{sender}> may not post to {lst.name}"
     member = members.find_member(db, author)
+    if member is None and moderation.may_post_unlisted(lst, author, cfg.admin):
+        return DUNNO  # a moderator outside the club: proven after DATA like any poster
     refusal = poster_refusal(author, cfg.domain, lst, member, lambda: members.in_list(db, lst.id, member.id))
     if refusal:
         return refusal

@@ -7,6 +7,8 @@ bad lines; applying it is one transaction, so a file is imported whole or not.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import aiosqlite
@@ -62,6 +64,8 @@ class ListSettings:
     moderators: str = ""  # addresses, space-separated; "": the administrator
     self_join: bool = False  # members may join by mail (``join NAME``, lmtpd.commands)
     roster: str = "admin"  # who may see the members by mail: "members", "admin" (not by mail), "nobody"
+    notify: str | None = None  # moderators' notifications: "each", "digest"; None: [moderation] notify
+    max_size: int | None = None  # bytes a post may have; None: [lmtp] max_message_size alone
 
 
 async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: ListSettings = ListSettings()) -> None:
@@ -222,9 +226,6 @@ async def remove_member(db: aiosqlite.Connection, address: str, lists: list[str]
             raise RosterError(f"{address} is not a member of {list_name}")
 
 
-PAUSED = "paused by the administrator"
-
-
 async def set_member(
     db: aiosqlite.Connection,
     address: str,
@@ -254,13 +255,27 @@ async def set_member(
     for list_name, list_id in (await _list_ids(db, list(remove))).items():
         if await db_members.unsubscribe(db, list_id, member.id):
             changes.append(f"unsubscribed from {list_name}")
-    if pause and member.delivery_disabled_at is None:
-        await db_members.pause_member(db, member.id, now, PAUSED)
+    paused = is_paused(member.paused_at, member.paused_until, now)
+    if pause and not paused:
+        await db_members.pause_member(db, member.id, now, "admin")
         changes.append("delivery paused")
-    elif pause is False and member.delivery_disabled_at is not None:
-        await db_members.enable_member(db, member.address)
+    elif pause is False and paused:
+        await db_members.pause_member(db, member.id, None)
         changes.append("delivery resumed")
     return changes
+
+
+def is_paused(paused_at: float | None, paused_until: float | None, now: float) -> bool:
+    """One pause, whoever set it (the member by mail, the administrator): no copies until it ends."""
+    return paused_at is not None and (paused_until is None or paused_until > now)
+
+
+def pause_view(row: Mapping, now: float) -> dict | None:
+    """A member's pause as ``members list`` shows it, or None if they get mail."""
+    if not is_paused(row["paused_at"], row["paused_until"], now):
+        return None
+    by = {"admin": "administrator", "member": "member"}.get(row["paused_by"], "member")
+    return {"since": isotime(row["paused_at"]), "until": isotime(row["paused_until"]) or None, "by": by}
 
 
 async def rename_address(db: aiosqlite.Connection, old: str, new: str, club_domain: str) -> str:
@@ -283,7 +298,9 @@ async def enable_member(db: aiosqlite.Connection, address: str) -> None:
         raise RosterError(f"no such member: {address}")
 
 
-async def members(db: aiosqlite.Connection, list_name: str | None = None) -> list[dict]:
+async def members(db: aiosqlite.Connection, list_name: str | None = None, now: float | None = None) -> list[dict]:
+    """Members as ``members list`` shows them: lists, posting rights, pause, bounces."""
+    now = time.time() if now is None else now
     list_id = None
     if list_name:
         lst = await db_members.get_list(db, list_name)
@@ -299,6 +316,8 @@ async def members(db: aiosqlite.Connection, list_name: str | None = None) -> lis
             "bounce_score": r["bounce_score"],
             "delivery_disabled": isotime(r["delivery_disabled_at"]) or None,
             "disabled_reason": r["disabled_reason"],
+            "posting": "allowed" if r["may_post"] else "denied",
+            "paused": pause_view(r, now),
         }
         for r in await db_members.member_overview(db, list_id)
     ]

@@ -27,6 +27,15 @@ def poster_refusal(author: str, domain: str, lst: Mapping, member: Mapping | Non
     return ""
 
 
+def size_refusal(lst: Mapping, size: int) -> str:
+    """Why a post of ``size`` bytes is too big for ``lst``, or "" (lists without a limit of their own take
+    whatever [lmtp] max_message_size let through)."""
+    limit = lst["max_size"]
+    if limit is not None and size > limit:
+        return f"552 5.3.4 message too big for list {lst['name']}: {size} bytes, at most {limit}"
+    return ""
+
+
 def daily_limit(lst: Mapping, default: int) -> int:
     return lst["posts_per_day"] if lst["posts_per_day"] is not None else default
 

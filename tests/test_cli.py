@@ -91,6 +91,7 @@ def test_lists_and_members(cfg_path: Path):
         {
             "address": "Anna@example.net", "name": "Anna", "active": True, "lists": ["trainers", "youth"],
             "bounce_score": 0, "delivery_disabled": None, "disabled_reason": "",
+            "posting": "allowed", "paused": None,
         }
     ]  # fmt: skip
     lists = {r["name"]: r for r in json.loads(run(cfg_path, "lists", "list", "--json").output)}
@@ -240,7 +241,10 @@ def test_members_set_and_rename_keep_lists_and_history(cfg_path: Path):
     assert renamed.exit_code == 0 and "is now Bob@example.net" in renamed.output
     (bob,) = json.loads(run(cfg_path, "members", "list", "--json").output)
     assert (bob["address"], bob["name"], bob["lists"]) == ("Bob@example.net", "Robert", ["trainers"])
-    assert bob["disabled_reason"] == "paused by the administrator"
+    # one pause, the one a member sets by mail, with who set it; bounce-disabled delivery stays apart
+    assert bob["posting"] == "denied" and bob["delivery_disabled"] is None and bob["disabled_reason"] == ""
+    assert bob["paused"] is not None and (bob["paused"]["by"], bob["paused"]["until"]) == ("administrator", None)
+    assert "\tmay not post\tpaused by the administrator since " in run(cfg_path, "members", "list").output
     db = sqlite3.connect(cfg_path.parent / "club.sqlite3")
     db.row_factory = sqlite3.Row
     try:

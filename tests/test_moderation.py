@@ -375,3 +375,190 @@ async def test_lists_rename_keeps_members_history_and_held_posts(moderated: Conf
     assert {r[0] for r in rows(cfg, "SELECT list_name FROM posts WHERE kind = 'list'")} == {"juniors"}
     shown = json.loads((await asyncio.to_thread(cli, cfg, "lists", "show", "juniors", "--json")).output)
     assert shown["members"] == 3 and shown["posting"] == "moderated"
+
+
+# ------------------------------------------------ second round: settings and people
+
+
+def test_lists_add_takes_every_setting_lists_set_takes(tmp_path: Path):
+    path = write_config(tmp_path, "127.0.0.1:8024", relay_port=1)
+
+    def run(*args: str):
+        return CliRunner().invoke(main, ["--config", str(path), *args])
+
+    def options(*command: str) -> set[str]:
+        cmd = main
+        for name in command:
+            cmd = cmd.commands[name]  # type: ignore[attr-defined]
+        return {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+
+    set_only = {"--default-posts-per-day", "--default-auth", "--default-notify", "--default-max-size", "--json"}
+    assert options("lists", "add") == options("lists", "set") - set_only
+    added = run("lists", "add", "news", "--posting", "announce", "--moderators", "Mod@Example.ORG",
+                "--unauthenticated", "hold", "--self-join", "--roster", "members", "--notify", "digest",
+                "--prefix", "", "--posts-per-day", "3", "--reply-to", "list")  # fmt: skip
+    assert added.exit_code == 0, added.output
+    shown = json.loads(run("lists", "show", "news", "--json").output)
+    assert {k: shown[k] for k in ("posting", "moderators", "unauthenticated", "self_join", "roster", "notify")} == {
+        "posting": "announce", "moderators": "Mod@example.org", "unauthenticated": "hold", "self_join": True,
+        "roster": "members", "notify": "digest",
+    }  # fmt: skip
+    assert (shown["subject_prefix"], shown["posts_per_day"], shown["reply_to"]) == ("", 3, "list")
+    assert run("lists", "add", "chess").exit_code == 0
+    plain = json.loads(run("lists", "show", "chess", "--json").output)
+    assert (plain["posting"], plain["notify"], plain["self_join"], plain["subject_prefix"]) == (
+        "members", None, False, None,
+    )  # fmt: skip
+    assert run("lists", "add", "bad", "--moderators", "not-an-address").exit_code == 65
+    back = json.loads(run("lists", "set", "news", "--default-notify", "--json").output)
+    assert back["notify"] is None
+
+
+async def test_a_lists_own_notify_setting_wins_over_the_configured_one(club_config: Config, service, clock: Clock):
+    cfg = club_config  # [moderation] notify = "each" (the default)
+    await set_list(cfg, "youth", posting="moderated", moderators="carla@example.com", notify="digest")
+    await set_list(cfg, "trainers", posting="moderated", moderators="carla@example.com")
+    assert "held for a moderator" in await post(cfg, message())
+    assert "held for a moderator" in await post(cfg, message(subject="For trainers"), "trainers@myclub.org")
+    notified = {r["list_name"]: r["notified_at"] for r in rows(cfg, "SELECT list_name, notified_at FROM held")}
+    assert notified["youth"] is None and notified["trainers"] is not None  # trainers: one mail at once
+    async with open_runtime(cfg, ingest=False) as rt:
+        tick = await rt.writer.submit(lambda db: moderation.process(db, clock(), cfg))
+    assert len(tick.digests) == 1  # youth's post, in carla's digest
+    assert rows(cfg, "SELECT count(*) FROM held WHERE notified_at IS NULL")[0][0] == 0
+
+
+async def test_one_pause_whoever_set_it(club_config: Config, service, sink: Sink, clock: Clock):
+    from lmtpd.store import commands as store_commands
+
+    cfg = club_config
+    paused = await asyncio.to_thread(cli, cfg, "members", "set", "bob@example.net", "--pause")
+    assert paused.output.strip() == "bob@example.net: delivery paused"
+    db = connect_sync(cfg.database)
+    try:  # carla pauses herself by mail (the 'pause' command's store call), until a day to come
+        carla = db.execute("SELECT id FROM members WHERE address = 'carla@example.com'").fetchone()[0]
+        store_commands.set_pause(db, carla, clock(), clock() + 7 * 86400)
+        db.commit()
+    finally:
+        db.close()
+    listed = {
+        r["address"]: r for r in json.loads((await asyncio.to_thread(cli, cfg, "members", "list", "--json")).output)
+    }
+    assert listed["bob@example.net"]["paused"]["by"] == "administrator"
+    assert listed["carla@example.com"]["paused"]["by"] == "member" and listed["carla@example.com"]["paused"]["until"]
+    assert listed["anna@example.net"]["paused"] is None and listed["bob@example.net"]["delivery_disabled"] is None
+    assert (await post(cfg, message())).endswith("accepted")
+    await eventually(lambda: len(list_copies(sink)) == 1, 10, "the copy to the one member not paused")
+    resumed = await asyncio.to_thread(cli, cfg, "members", "set", "carla@example.com", "--resume")
+    assert resumed.output.strip() == "carla@example.com: delivery resumed"  # the administrator ends a member's pause
+    assert (await post(cfg, message(subject="Again"))).endswith("accepted")
+    await eventually(lambda: len(list_copies(sink)) == 3, 10, "the second post's copies")
+    await asyncio.sleep(0.3)
+    assert list_copies(sink) == ["anna@example.net", "anna@example.net", "carla@example.com"]
+
+
+async def test_a_moderator_outside_the_club_posts_and_decides(club_config: Config, service, sink: Sink, clock: Clock):
+    cfg = club_config
+    await set_list(cfg, "youth", posting="announce", moderators="mod@example.org")
+    await set_list(cfg, "trainers", posting="moderated", moderators="mod@example.org")
+    reader = connect_sync(cfg.database)
+    try:
+        asks = {
+            (sender, rcpt): policy.decide(
+                {"request": "smtpd_access_policy", "sender": sender, "recipient": rcpt}, reader, cfg, clock()
+            )
+            for sender in ("mod@example.org", "eve@example.org")
+            for rcpt in ("youth@myclub.org", "trainers@myclub.org")
+        }
+    finally:
+        reader.close()
+    assert asks[("mod@example.org", "youth@myclub.org")] == "DUNNO"
+    assert asks[("mod@example.org", "trainers@myclub.org")] == "DUNNO"
+    assert asks[("eve@example.org", "youth@myclub.org")].startswith("550 5.7.1 <eve@example.org> is not a member")
+    assert asks[("eve@example.org", "trainers@myclub.org")].startswith("550 5.7.1 <eve@example.org> is not a member")
+    news = await post(cfg, message("Mod <mod@example.org>", "News from outside"))
+    assert news.endswith("accepted"), news
+    await eventually(lambda: len(list_copies(sink)) == 3, 10, "the moderator's post's copies")
+    assert rows(cfg, "SELECT count(*) FROM quota_use")[0][0] == 0  # no member, no quota
+    stranger = await post(cfg, message("Eve <eve@example.org>", "spam"))
+    assert stranger.startswith("550 5.7.1 <eve@example.org> is not a member"), stranger
+    held = await post(cfg, message("Anna <anna@example.net>", "For the trainers"), "trainers@myclub.org")
+    assert "held for a moderator" in held, held
+    await eventually(lambda: sink.to("mod@example.org"), 10, "the notification to the moderator")
+    address = token_address(sink.to("mod@example.org")[0].data)
+    approved = await post(cfg, reply_mail("Mod <mod@example.org>", address), address)
+    assert "released to trainers" in approved, approved
+
+
+async def test_a_moderator_outside_the_club_needs_the_same_proof(confirming):
+    cfg, sink = confirming  # [auth] require = "dkim-or-spf"; nothing from here is proven
+    await set_list(cfg, "youth", posting="announce", moderators="mod@example.org")
+    refused = await post(cfg, message("Mod <mod@example.org>", "Forged news"))
+    assert refused.startswith("550 5.7.1 <mod@example.org> is not proven"), refused
+    assert rows(cfg, "SELECT count(*) FROM held")[0][0] == 0
+    await asyncio.sleep(0.3)
+    assert sink.received == []
+
+
+async def test_the_administrators_old_pause_becomes_the_one_pause(tmp_path: Path, monkeypatch):
+    from lmtpd.store import engine
+
+    db = await engine.connect(tmp_path / "old.sqlite3")
+    known = engine.migrations()
+    ours = next(i for i, m in enumerate(known) if m.name == "moderation_round2")
+    monkeypatch.setattr(engine, "migrations", lambda: known[:ours])
+    await engine.upgrade(db)
+    await db.executescript(
+        """
+        INSERT INTO members (address, name, created_at, delivery_disabled_at, disabled_reason)
+            VALUES ('bob@example.net', 'Bob', 0, 100, 'paused by the administrator'),
+                   ('dead@example.net', '', 0, 200, '5 bounces: 550 5.1.1 user unknown');
+        INSERT INTO members (address, name, created_at, paused_at, paused_until)
+            VALUES ('carla@example.com', 'Carla', 0, 300, 900);
+        """
+    )
+    monkeypatch.setattr(engine, "migrations", lambda: known)
+    await engine.upgrade(db)
+    found = await engine.fetchall(
+        db, "SELECT address, paused_at, paused_until, paused_by, delivery_disabled_at FROM members ORDER BY address"
+    )
+    await db.close()
+    assert [tuple(r) for r in found] == [
+        ("bob@example.net", 100, None, "admin", None),
+        ("carla@example.com", 300, 900, "member", None),
+        ("dead@example.net", None, None, "", 200),  # bounces still disable delivery, apart from pauses
+    ]
+
+
+async def test_a_lists_own_size_limit_refuses_at_rcpt_and_after_data(club_config: Config, service, clock: Clock):
+    cfg = club_config
+    shown = json.loads(
+        (await asyncio.to_thread(cli, cfg, "lists", "set", "youth", "--max-size", "2048", "--json")).output
+    )
+    assert shown["max_size"] == 2048
+    reader = connect_sync(cfg.database)
+    try:
+        ask = {
+            (rcpt, size): policy.decide(
+                {"request": "smtpd_access_policy", "sender": "anna@example.net", "recipient": rcpt, "size": size},
+                reader,
+                cfg,
+                clock(),
+            )
+            for rcpt in ("youth@myclub.org", "trainers@myclub.org")
+            for size in ("0", "2048", "5000")
+        }
+    finally:
+        reader.close()
+    assert ask[("youth@myclub.org", "5000")] == (
+        "552 5.3.4 message too big for list youth: 5000 bytes, at most 2048"
+    )  # fmt: skip
+    assert ask[("youth@myclub.org", "0")] == ask[("youth@myclub.org", "2048")] == "DUNNO"  # 0: no SIZE= given
+    assert ask[("trainers@myclub.org", "5000")] == "DUNNO"  # no limit of its own
+    big = message(body=("x" * 98 + "\r\n") * 40)  # 4 kB
+    t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org", "trainers@myclub.org"], big)
+    assert t.data[0].startswith("552 5.3.4 message too big for list youth"), t.data
+    assert t.data[1].endswith("accepted"), t.data
+    assert (await post(cfg, message())).endswith("accepted")
+    back = await asyncio.to_thread(cli, cfg, "lists", "set", "youth", "--default-max-size", "--json")
+    assert json.loads(back.output)["max_size"] is None

@@ -24,54 +24,109 @@ def lists_group() -> None:
     """
 
 
+# Every list setting (ListSettings), for `lists add` and `lists set` alike.
+_LIST_OPTIONS = [
+    click.option("--description", default=None, help="Shown in List-Id."),
+    click.option(
+        "--posters",
+        type=click.Choice(["club", "list"]),
+        default=None,
+        help="Who may post: any active club member (club, the default), or only this list's members.",
+    ),
+    click.option(
+        "--posting",
+        type=click.Choice(["members", "moderated", "announce"]),
+        default=None,
+        help="members post directly; moderated: their posts are held for a moderator; announce: moderators only.",
+    ),
+    click.option(
+        "--unauthenticated",
+        type=click.Choice(["refuse", "confirm", "hold"]),
+        default=None,
+        help="A member's post without DKIM/SPF proof: refused (550), confirmed by its author, or held.",
+    ),
+    click.option("--moderators", default=None, help='Addresses, space-separated ("" for the administrator).'),
+    click.option("--self-join/--no-self-join", default=None, help="Members may join by mail (join NAME)."),
+    click.option(
+        "--roster",
+        type=click.Choice(["members", "admin", "nobody"]),
+        default=None,
+        help="Who may see the list's members: its members by mail ('who NAME'), the administrator, nobody.",
+    ),
+    click.option(
+        "--auth",
+        "auth_require",
+        type=click.Choice(["dkim-or-spf", "dmarc", "none"]),
+        default=None,
+        help="Sender authentication a post needs (default: [auth] require).",
+    ),
+    click.option("--prefix", "subject_prefix", default=None, help='Subject prefix (default "[NAME]"; "" for none).'),
+    click.option("--reply-to", default=None, help='"poster" (the default: Reply-To as posted), "list", or an address.'),
+    click.option(
+        "--dmarc-mitigation",
+        type=click.Choice(["auto", "always", "never"]),
+        default=None,
+        help="Rewrite From to the list when the author's domain has a strict DMARC policy (auto, the default), "
+        "always, or never.",
+    ),
+    click.option("--archive", "archive_url", default=None, help="URL for List-Archive."),
+    click.option(
+        "--posts-per-day",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Daily limit per member (default: [limits] posts_per_day).",
+    ),
+    click.option(
+        "--max-size",
+        type=click.IntRange(min=1024),
+        default=None,
+        help="Bytes a post may have, below [lmtp] max_message_size (larger posts: 552 at RCPT or after DATA).",
+    ),
+    click.option(
+        "--notify",
+        type=click.Choice(["each", "digest"]),
+        default=None,
+        help="Moderators get one mail per held post, or a digest per `held process` run (default: [moderation]).",
+    ),
+]
+# Options of `lists set` alone: back to a default, and the settings printed afterwards.
+_SET_ONLY = [
+    click.option("--default-posts-per-day", is_flag=True, help="Use [limits] posts_per_day again."),
+    click.option("--default-auth", is_flag=True, help="Use [auth] require again."),
+    click.option("--default-notify", is_flag=True, help="Use [moderation] notify again."),
+    click.option("--default-max-size", is_flag=True, help="No size limit of the list's own again."),
+    click.option("--json", "as_json", is_flag=True, help="Print the list's settings as JSON afterwards."),
+]
+
+
+def _list_options(fn):  # type: ignore[no-untyped-def]
+    """Every list setting as an option, the same for `lists add` and `lists set` (None: not given)."""
+    for option in reversed(_LIST_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _set_options(fn):  # type: ignore[no-untyped-def]
+    for option in reversed(_SET_ONLY):
+        fn = option(fn)
+    return _list_options(fn)
+
+
 @lists_group.command("add")
 @click.argument("name")
-@click.option("--description", default="", help="Shown in List-Id.")
-@click.option(
-    "--posters",
-    type=click.Choice(["club", "list"]),
-    default="club",
-    show_default=True,
-    help="Who may post: any active club member, or only this list's members.",
-)
-@click.option(
-    "--auth",
-    "auth_require",
-    type=click.Choice(["dkim-or-spf", "dmarc", "none"]),
-    default=None,
-    help="Sender authentication a post needs (default: [auth] require).",
-)
-@click.option("--prefix", "subject_prefix", default=None, help='Subject prefix (default "[NAME]"; "" for none).')
-@click.option(
-    "--reply-to",
-    default="poster",
-    show_default=True,
-    help='"poster" (leave Reply-To as posted), "list", or an address.',
-)
-@click.option(
-    "--dmarc-mitigation",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="Rewrite From to the list when the author's domain has a strict DMARC policy (auto), always, or never.",
-)
-@click.option("--archive", "archive_url", default="", help="URL for List-Archive.")
-@click.option(
-    "--posts-per-day",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Daily limit per member for this list (default: [limits] posts_per_day).",
-)
+@_list_options
 @pass_state
 def lists_add(state: State, name: str, **settings: Any) -> None:
-    """Create list NAME (its address is NAME@domain).
+    """Create list NAME (its address is NAME@domain); unset options take their defaults.
 
     \b
     Example:
       lmtpd lists add youth --description "Youth section" --posters list
+      lmtpd lists add news --posting announce --moderators "anna@example.net" --notify digest
     """
     now = time.time()
-    state.write(lambda db: roster.add_list(db, name, now, roster.ListSettings(**settings)))
+    chosen = {k: v for k, v in settings.items() if v is not None}
+    state.write(lambda db: roster.add_list(db, name, now, roster.ListSettings(**chosen)))
     click.echo(f"list {name.lower()}@{state.config.domain} created")
 
 
@@ -105,55 +160,19 @@ def lists_rename(state: State, old: str, new: str) -> None:
     click.echo(f"list {old.lower()} is now {name}@{state.config.domain}")
 
 
-_SET_OPTIONS = [
-    click.option("--description", default=None, help="Shown in List-Id."),
-    click.option(
-        "--posters", type=click.Choice(["club", "list"]), default=None, help="Any club member, or list members."
-    ),
-    click.option(
-        "--posting",
-        type=click.Choice(["members", "moderated", "announce"]),
-        default=None,
-        help="members post directly; moderated: their posts are held for a moderator; announce: moderators only.",
-    ),
-    click.option(
-        "--unauthenticated",
-        type=click.Choice(["refuse", "confirm", "hold"]),
-        default=None,
-        help="A member's post without DKIM/SPF proof: refused (550), confirmed by its author, or held.",
-    ),
-    click.option("--moderators", default=None, help='Addresses, space-separated ("" for the administrator).'),
-    click.option("--self-join/--no-self-join", default=None, help="Members may join by mail (join NAME)."),
-    click.option(
-        "--roster",
-        type=click.Choice(["members", "admin", "nobody"]),
-        default=None,
-        help="Who may see the list's members: its members by mail ('who NAME'), the administrator, nobody.",
-    ),
-    click.option("--auth", "auth_require", type=click.Choice(["dkim-or-spf", "dmarc", "none"]), default=None),
-    click.option("--prefix", "subject_prefix", default=None, help='Subject prefix ("" for none).'),
-    click.option("--reply-to", default=None, help='"poster", "list", or an address.'),
-    click.option("--dmarc-mitigation", type=click.Choice(["auto", "always", "never"]), default=None),
-    click.option("--archive", "archive_url", default=None, help="URL for List-Archive."),
-    click.option("--posts-per-day", type=click.IntRange(min=0), default=None, help="Daily limit per member."),
-    click.option("--default-posts-per-day", is_flag=True, help="Use [limits] posts_per_day again."),
-    click.option("--default-auth", is_flag=True, help="Use [auth] require again."),
-    click.option("--json", "as_json", is_flag=True, help="Print the list's settings as JSON afterwards."),
-]
-
-
-def _set_options(fn):  # type: ignore[no-untyped-def]
-    for option in reversed(_SET_OPTIONS):
-        fn = option(fn)
-    return fn
-
-
 @lists_group.command("set")
 @click.argument("name")
 @_set_options
 @pass_state
 def lists_set(
-    state: State, name: str, default_posts_per_day: bool, default_auth: bool, as_json: bool, **settings: Any
+    state: State,
+    name: str,
+    default_posts_per_day: bool,
+    default_auth: bool,
+    default_notify: bool,
+    default_max_size: bool,
+    as_json: bool,
+    **settings: Any,
 ) -> None:
     """Change settings of list NAME in place; memberships and history stay.
 
@@ -167,6 +186,10 @@ def lists_set(
         changes["posts_per_day"] = None
     if default_auth:
         changes["auth_require"] = None
+    if default_notify:
+        changes["notify"] = None
+    if default_max_size:
+        changes["max_size"] = None
     if not changes:
         fail("nothing to change: give at least one option (see --help)", os.EX_USAGE)
     row = state.write(lambda db: roster.set_list(db, name, changes))

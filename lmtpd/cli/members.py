@@ -64,19 +64,22 @@ def members_remove(state: State, address: str, lists: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def members_list(state: State, list_name: str | None, as_json: bool) -> None:
-    """Show members with their lists, bounce scores and disabled deliveries.
+    """Show members with their lists, posting rights, pauses, bounce scores and disabled deliveries.
 
     \b
     Example:
       lmtpd members list --list youth --json
     """
-    rows = state.run(lambda db: roster.members(db, list_name))
+    now = time.time()
+    rows = state.run(lambda db: roster.members(db, list_name, now))
     emit(
         rows,
         as_json,
         lambda r: (
             f"{r['address']}\t{r['name'] or '-'}\t{' '.join(r['lists']) or '-'}"
             + ("" if r["active"] else "\tinactive")
+            + ("\tmay not post" if r["posting"] == "denied" else "")
+            + (_pause_text(r["paused"]) if r["paused"] else "")
             + (f"\tbounces={r['bounce_score']}" if r["bounce_score"] else "")
             + (
                 f"\tdelivery disabled since {r['delivery_disabled']}: {r['disabled_reason']}"
@@ -86,6 +89,11 @@ def members_list(state: State, list_name: str | None, as_json: bool) -> None:
         ),
         "no members",
     )
+
+
+def _pause_text(pause: dict) -> str:
+    until = f" until {pause['until']}" if pause["until"] else ""
+    return f"\tpaused by the {pause['by']} since {pause['since']}{until}"
 
 
 @members_group.command("enable")
@@ -238,5 +246,6 @@ def members_export(state: State, list_name: str | None, fmt: str) -> None:
     Example:
       lmtpd members export --list youth > youth.csv
     """
-    members = state.run(lambda db: roster.members(db, list_name))
+    now = time.time()
+    members = state.run(lambda db: roster.members(db, list_name, now))
     click.echo(spreadsheet.export(members, fmt), nl=False)

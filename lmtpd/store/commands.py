@@ -119,8 +119,11 @@ def leave(db: sqlite3.Connection, list_id: int, member_id: int) -> bool:
 
 
 def set_pause(db: sqlite3.Connection, member_id: int, paused_at: float | None, until: float | None) -> None:
-    """Pause a member's copies from ``paused_at`` (until ``until``, if set); None resumes."""
-    db.execute("UPDATE members SET paused_at = ?, paused_until = ? WHERE id = ?", (paused_at, until, member_id))
+    """Pause a member's copies from ``paused_at`` (until ``until``, if set); None resumes (any pause)."""
+    db.execute(
+        "UPDATE members SET paused_at = ?, paused_until = ?, paused_by = ? WHERE id = ?",
+        (paused_at, until, "" if paused_at is None else "member", member_id),
+    )
 
 
 def pause_of(db: sqlite3.Connection, member_id: int) -> tuple[float | None, float | None]:

@@ -36,6 +36,8 @@ class MailingList(Record):
     posting: str  # "members", "moderated" (members' posts held), "announce" (moderators only)
     unauthenticated: str  # a member's post without proof: "refuse", "confirm" (by the author), "hold"
     moderators: str  # addresses, space-separated; "": the administrator
+    notify: str | None  # moderators' notifications: "each", "digest"; None: [moderation] notify
+    max_size: int | None  # bytes a post may have; None: [lmtp] max_message_size alone
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Member(Record):
     disabled_reason: str
     disabled_reported: int
     may_post: int  # 0: the member receives but may not post
+    paused_at: float | None  # no copies from then on (a pause), until paused_until if set
+    paused_until: float | None
+    paused_by: str  # who paused: "member" (by mail), "admin" (members set --pause); "" if nobody
 
 
 _FIND_LIST = "SELECT * FROM lists WHERE name = ?"
@@ -165,13 +170,14 @@ async def list_overview(db: aiosqlite.Connection) -> list[dict[str, Any]]:
         db,
         """
         SELECT l.name, l.description, l.posters, l.posts_per_day, l.auth_require, l.subject_prefix, l.reply_to,
-               l.dmarc_mitigation, l.archive_url, l.posting, l.unauthenticated, l.moderators,
+               l.dmarc_mitigation, l.archive_url, l.posting, l.unauthenticated, l.moderators, l.notify,
+               l.self_join, l.roster, l.max_size,
                (SELECT count(*) FROM memberships ms JOIN members m ON m.id = ms.member_id
                  WHERE ms.list_id = l.id AND m.active = 1) AS members
           FROM lists l ORDER BY l.name
         """,
     )
-    return [dict(r) for r in rows]
+    return [dict(r) | {"self_join": bool(r["self_join"])} for r in rows]
 
 
 async def list_names(db: aiosqlite.Connection) -> set[str]:
@@ -224,6 +230,7 @@ async def member_overview(db: aiosqlite.Connection, list_id: int | None = None) 
         db,
         f"""
         SELECT m.address, m.name, m.active, m.bounce_score, m.delivery_disabled_at, m.disabled_reason,
+               m.may_post, m.paused_at, m.paused_until, m.paused_by,
                coalesce((SELECT group_concat(name, ' ') FROM (
                    SELECT l.name FROM memberships ms JOIN lists l ON l.id = ms.list_id
                     WHERE ms.member_id = m.id ORDER BY l.name)), '') AS lists
@@ -253,11 +260,11 @@ async def update_member(db: aiosqlite.Connection, member_id: int, settings: dict
         await db.execute(f"UPDATE members SET {assignments} WHERE id = ?", (*settings.values(), member_id))
 
 
-async def pause_member(db: aiosqlite.Connection, member_id: int, now: float, reason: str) -> None:
-    """No copies until ``members enable``; already reported, so no bounce summary names it."""
+async def pause_member(db: aiosqlite.Connection, member_id: int, now: float | None, by: str = "admin") -> None:
+    """Pause a member's copies from ``now`` until resumed (the pause a member sets by mail); None resumes."""
     await db.execute(
-        "UPDATE members SET delivery_disabled_at = ?, disabled_reason = ?, disabled_reported = 1 WHERE id = ?",
-        (now, reason, member_id),
+        "UPDATE members SET paused_at = ?, paused_until = NULL, paused_by = ? WHERE id = ?",
+        (now, by if now is not None else "", member_id),
     )
 
 
