@@ -20,3 +20,13 @@ CREATE TABLE deliverability_alerts (
     sent_at    REAL    NOT NULL
 );
 CREATE INDEX deliverability_alerts_provider ON deliverability_alerts(provider, sent_at);
+
+-- ARF complaints are passed on to the administrator once; those already processed
+-- before this version are not sent now.
+ALTER TABLE bounces ADD COLUMN forwarded_at REAL;
+UPDATE bounces SET forwarded_at = processed_at WHERE reason = 'feedback';
+
+-- the alert looks at the last hour's bounces, the forward at complaints not yet sent:
+-- neither scans the months of bounces retention keeps
+CREATE INDEX bounces_arrived ON bounces(arrived_at);
+CREATE INDEX bounces_unforwarded ON bounces(id) WHERE reason = 'feedback' AND forwarded_at IS NULL;
