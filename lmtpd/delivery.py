@@ -138,6 +138,9 @@ class Worker:
         released = await self.writer.submit(queue.release_dead_leases)
         if released:
             log.info("released %d copies claimed by a process that is gone", released)
+        now = self.clock()
+        if await self.writer.submit(lambda db: queue.report_left_over(db, now, self.cfg)):
+            log.info("queued reports about failures a previous process recorded but did not report")
         while not self._stopping:
             self._wakeup.clear()
             claimed = 0
@@ -171,6 +174,7 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._reporting, return_exceptions=True)  # the last passes' reports
         await self._close_idle(0)
         try:
             await self.writer.submit(lambda db: outbound.release_leases(db, self.owner))

@@ -199,6 +199,11 @@ def report_pass(db: sqlite3.Connection, post_ids: set[int] | list[int], now: flo
     return [q for post_id in sorted(post_ids) if (q := report_if_due(db, post_id, now, cfg)) is not None]
 
 
+def report_left_over(db: sqlite3.Connection, now: float, cfg: Config) -> list[str]:
+    """Reports a process that died after recording failures, before its pass ended, did not queue."""
+    return report_pass(db, outbound.posts_with_unreported_failures(db), now, cfg)
+
+
 def report_if_due(db: sqlite3.Connection, post_id: int, now: float, cfg: Config) -> str | None:
     """Queue the administrator's report about a post if one is due; return its queue id.
 

@@ -293,3 +293,18 @@ def test_next_due_counts_leases_and_nothing_when_the_queue_is_empty(db: sqlite3.
     queue_post(db, ["anna@example.net"], due=NOW)
     queue.claim(db, "me:1", NOW, 600, 1)
     assert outbound.next_due(db) == NOW + 600  # due, but not before its lease ends
+
+
+def test_failures_a_dead_process_recorded_but_did_not_report_are_reported_on_restart(
+    db: sqlite3.Connection, club_config: Config
+):
+    post_id = queue_post(db, ["bob@example.net", "carla@example.com"])
+    claimed, _ = queue.claim(db, "me:1", NOW, 600, 100)
+    failed = [queue.Attempt(d, False, True, "550 5.1.1 gone", "mx.example.net") for d in claimed]
+    queue.record(db, failed, NOW + 5, club_config, report=False)  # the worker's way; then it died
+    assert reports(db) == []
+    assert len(queue.report_left_over(db, NOW + 60, club_config)) == 1
+    _, blocks = parse_report(bytes(reports(db)[0]["raw"]))
+    assert sorted(b["Final-Recipient"] for b in blocks[1:]) == ["rfc822; bob@example.net", "rfc822; carla@example.com"]
+    assert db.execute("SELECT reported_at FROM posts WHERE id = ?", (post_id,)).fetchone()[0] == NOW + 60
+    assert queue.report_left_over(db, NOW + 120, club_config) == []  # the report itself is never reported

@@ -254,6 +254,18 @@ def unreported_failures(db: sqlite3.Connection, post_id: int, now: float) -> lis
     return [CopyOutcome(*r[1:]) for r in sorted(rows, key=lambda r: r[0])]
 
 
+def posts_with_unreported_failures(db: sqlite3.Connection) -> list[int]:
+    """List posts with a failed copy no report named: left by a process that died between the two."""
+    rows = db.execute(
+        """
+        SELECT DISTINCT d.post_id FROM deliveries d JOIN posts p ON p.id = d.post_id
+         WHERE d.state = 'failed' AND d.reported_at IS NULL AND p.kind = 'list'
+         ORDER BY d.post_id
+        """
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def close_reports(db: sqlite3.Connection, post_id: int, now: float) -> None:
     """A finished post with failures, every one reported: posts.reported_at says so (retention reads it)."""
     db.execute(
