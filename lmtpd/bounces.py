@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 
 from flufl.bounce import all_failures
 
+from . import bounce_alerts, headers
 from . import bounce_reasons as br
-from . import headers
 from .addresses import verp_recipient
 from .bounce_reasons import DEAD, NO_FAILURE, STATUS, Reason, find_status, from_status, from_text
 from .config import Config
@@ -429,6 +429,8 @@ class RunReport:
     counts: dict[str, int] = field(default_factory=dict)
     disabled: list[str] = field(default_factory=list)
     summary_queue_id: str | None = None
+    alerts: list[str] = field(default_factory=list)  # queue ids of deliverability alerts (bounce_alerts)
+    complaints: list[str] = field(default_factory=list)  # queue ids of complaints passed on
 
 
 Job = Callable[[Callable[[sqlite3.Connection], T]], Awaitable[T]]
@@ -449,6 +451,8 @@ async def process(submit: Job[Any], cfg: Config, now: float) -> RunReport:
         if disabled:
             report.disabled.append(disabled)
     report.summary_queue_id = await submit(lambda db: _queue_summary(db, cfg, now))
+    report.complaints = await submit(lambda db: bounce_alerts.forward_complaints(db, cfg, now))
+    report.alerts = await submit(lambda db: bounce_alerts.send_alerts(db, cfg, now))
     return report
 
 

@@ -106,6 +106,8 @@ class BouncesConfig:
     verp: bool = True  # encode each copy's recipient in its envelope sender
     verp_delimiters: str = "+="  # as Postfix's: recipient_delimiter, then the member's "@"
     mailboxfull_after_days: int = 30  # a full mailbox scores only after it stays full this long
+    alert_count: int = 5  # this many block-reason bounces from one provider ... (0: no alerts)
+    alert_window: float = 3600.0  # ... within this many seconds: one deliverability alert (a day apart)
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         verp=bounces.boolean("verp", BouncesConfig.verp),
         verp_delimiters=bounces.string("verp_delimiters", BouncesConfig.verp_delimiters),
         mailboxfull_after_days=bounces.integer("mailboxfull_after_days", BouncesConfig.mailboxfull_after_days, low=0),
+        alert_count=bounces.integer("alert_count", BouncesConfig.alert_count, low=0),
+        alert_window=bounces.number("alert_window", BouncesConfig.alert_window, low=1),
     )
     d = bounces_cfg.verp_delimiters
     if len(d) != 2 or d[0] == d[1] or any(c.isalnum() or c in '@.<> "-' for c in d):

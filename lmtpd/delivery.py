@@ -58,12 +58,16 @@ class _Pass:
     recorded: list[asyncio.Future[list[str]]] = field(default_factory=list)
     unreachable: int = 0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    post_ids: set[int] = field(default_factory=set)
+    reported: asyncio.Future[None] | None = None  # the pass's reports to the administrator, once it is over
 
     async def counts(self) -> Counter[str]:
         await self.finished.wait()
         counts: Counter[str] = Counter()
         for states in await asyncio.gather(*self.recorded):
             counts.update(states)
+        if self.reported is not None:
+            await self.reported
         counts["unreachable"] = self.unreachable
         return +counts
 
@@ -112,6 +116,7 @@ class Worker:
         self._copies: dict[int, bytes] = {}  # post id -> the bytes that go out
         self._copy_users: Counter[int] = Counter()  # post id -> copies in flight that need them
         self._lanes: set[asyncio.Task[None]] = set()
+        self._reporting: set[asyncio.Future[None]] = set()  # end-of-pass report jobs, kept from the GC
         self._keeper: asyncio.Task[None] | None = None
         self._renewed_at = 0.0  # every lease in flight runs until at least this + lease
         self._refill = False  # the last claim was held back by limits: claim again once room is made
@@ -133,6 +138,9 @@ class Worker:
         released = await self.writer.submit(queue.release_dead_leases)
         if released:
             log.info("released %d copies claimed by a process that is gone", released)
+        now = self.clock()
+        if await self.writer.submit(lambda db: queue.report_left_over(db, now, self.cfg)):
+            log.info("queued reports about failures a previous process recorded but did not report")
         while not self._stopping:
             self._wakeup.clear()
             claimed = 0
@@ -166,6 +174,7 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._reporting, return_exceptions=True)  # the last passes' reports
         await self._close_idle(0)
         try:
             await self.writer.submit(lambda db: outbound.release_leases(db, self.owner))
@@ -181,7 +190,11 @@ class Worker:
             self._wakeup.clear()
             await self._fill(queue_id, progress, passes)
             if not self._flight:
-                break
+                reporting = [t for t in self._reporting if not t.done()]
+                if not reporting:
+                    break
+                await asyncio.gather(*reporting)  # the reports the passes queued go out in this flush too
+                continue
             await self._wakeup.wait()  # room was made, or everything has an outcome
         totals: Counter[str] = Counter()
         for p in passes:
@@ -253,6 +266,7 @@ class Worker:
             dest.backlog.append(d)
             dest.held += 1
             self._flight[d.id] = (p, dest)
+            p.post_ids.add(d.post_id)
             self._copy_users[d.post_id] += 1
             touched[name] = dest
         for dest in touched.values():
@@ -348,7 +362,7 @@ class Worker:
         attempt = queue.Attempt(d, outcome.sent, outcome.permanent, outcome.reply, outcome.remote, outcome.tls)
         at = self.clock()
         recorded = asyncio.ensure_future(
-            self.writer.submit(lambda db: queue.record(db, [attempt], at, self.cfg, self.rng))
+            self.writer.submit(lambda db: queue.record(db, [attempt], at, self.cfg, self.rng, report=False))
         )
         recorded.add_done_callback(_report_failed_record)
         p.recorded.append(recorded)
@@ -372,11 +386,27 @@ class Worker:
             self._copies.pop(post_id, None)
         p.left -= 1
         if p.left == 0:
+            p.reported = task = asyncio.ensure_future(self._report(p))
+            self._reporting.add(task)
+            task.add_done_callback(self._reporting.discard)
             p.finished.set()
         self._forget(dest)
         self._settled_since_claim += 1
         if not self._flight or (self._refill and self._settled_since_claim >= max(1, self.cfg.relay.batch // 2)):
             self._wakeup.set()  # room for another claim
+
+    async def _report(self, p: _Pass) -> None:
+        """The pass is over: queue the reports it made due, at most one per post (as
+        Postfix reports at the end of a delivery, not when a message leaves the queue)."""
+        await asyncio.gather(*p.recorded, return_exceptions=True)
+        at, post_ids = self.clock(), sorted(p.post_ids)
+        try:
+            queued = await self.writer.submit(lambda db: queue.report_pass(db, post_ids, at, self.cfg))
+        except Exception:
+            log.exception("could not queue the reports of a delivery pass (a later pass over the post tries again)")
+            return
+        if queued:
+            self.wake()
 
     def _forget(self, dest: _Destination) -> None:
         if dest.lanes == 0 and dest.held == 0 and self._dests.get(dest.name) is dest:

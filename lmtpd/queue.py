@@ -172,43 +172,65 @@ def record(
     now: float,
     cfg: Config,
     rng: random.Random | None = None,
+    report: bool = True,
 ) -> list[str]:
-    """Store the outcome of attempts and queue any report they complete; return the states."""
+    """Store the outcome of attempts; return the states.
+
+    With ``report`` the attempts are a whole delivery pass, and the reports it makes
+    due are queued too; the worker records copy by copy and calls :func:`report_pass`
+    once its pass is over.
+    """
     rows = []
     for a in attempts:
         state, next_at, status = next_state(a, now, cfg.queue, rng)
         rows.append((state, next_at, now, a.reply[:2000], a.remote, a.tls, status, a.delivery.id))
     outbound.record_attempts(db, rows)
     refusals.record(db, attempts, [r[0] for r in rows], [r[6] for r in rows], cfg, now)  # MX mode: 5xx as bounces
-    for post_id in sorted({a.delivery.post_id for a in attempts}):
-        report_if_due(db, post_id, now, cfg)
+    if report:
+        report_pass(db, {a.delivery.post_id for a in attempts}, now, cfg)
     return [row[0] for row in rows]
 
 
 # ------------------------------------------------------------------- reports
 
 
-def report_if_due(db: sqlite3.Connection, post_id: int, now: float, cfg: Config) -> str | None:
-    """Queue the administrator's report for a post once it is due; return its queue id.
+def report_pass(db: sqlite3.Connection, post_ids: set[int] | list[int], now: float, cfg: Config) -> list[str]:
+    """At the end of a delivery pass: at most one report per post it touched; their queue ids."""
+    return [q for post_id in sorted(post_ids) if (q := report_if_due(db, post_id, now, cfg)) is not None]
 
-    A failure report when the post's last copy is final and some failed; a delay
-    warning (if configured) once copies have waited that long. Only about list
-    posts: never a report about a report or a forward, lmtpd's own mail.
+
+def report_left_over(db: sqlite3.Connection, now: float, cfg: Config) -> list[str]:
+    """Reports a process that died after recording failures, before its pass ended, did not queue."""
+    return report_pass(db, outbound.posts_with_unreported_failures(db), now, cfg)
+
+
+def report_if_due(db: sqlite3.Connection, post_id: int, now: float, cfg: Config) -> str | None:
+    """Queue the administrator's report about a post if one is due; return its queue id.
+
+    As Postfix: copies that became final failures are reported at once (at the end of
+    the pass), not when the post's last copy is final, which may take days; copies
+    still deferred after ``[queue] delay_warning`` get one "delayed" report per post.
+    At most one report per call. Only about list posts: never a report about a
+    report or a forward, lmtpd's own mail.
     """
-    unfinished = outbound.unfinished(db, post_id)
-    if unfinished and not cfg.queue.delay_warning:
+    unfinished, new_failures = outbound.report_state(db, post_id)
+    if not new_failures and (not unfinished or not cfg.queue.delay_warning):
+        if not unfinished:
+            outbound.close_reports(db, post_id, now)
         return None  # the common case, answered from the index alone
     post = posts.reported_post(db, post_id)
     if post is None or post.kind != PostKind.LIST:
         return None
-    if not unfinished and post.reported_at is None:
+    if new_failures:
         action = "failed"
-        chosen = outbound.failed_copies(db, post_id)
-    elif unfinished and post.warned_at is None:
+        chosen = outbound.unreported_failures(db, post_id, now)
+    elif post.warned_at is None:
         action = "delayed"
         chosen = outbound.delayed_copies(db, post_id, now - cfg.queue.delay_warning)
     else:
         return None
+    if not unfinished:
+        outbound.close_reports(db, post_id, now)
     if not chosen:
         return None
     failures = [
@@ -235,7 +257,8 @@ def report_if_due(db: sqlite3.Connection, post_id: int, now: float, cfg: Config)
         action=action,
     )
     enqueue_report(db, queue_id, post.list_name, report, now, cfg)
-    posts.mark_reported(db, post_id, now, warning=action == "delayed")
+    if action == "delayed":
+        posts.mark_reported(db, post_id, now, warning=True)
     return queue_id
 
 

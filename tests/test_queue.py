@@ -223,7 +223,9 @@ def test_leases_of_dead_processes_are_released_and_no_others(db: sqlite3.Connect
 # ------------------------------------------------------------- recorded outcomes
 
 
-def test_recorded_outcomes_and_one_report_when_the_post_is_complete(db: sqlite3.Connection, club_config: Config):
+def test_recorded_outcomes_and_a_report_at_the_end_of_each_pass_that_made_failures_final(
+    db: sqlite3.Connection, club_config: Config
+):
     post_id = queue_post(db, YOUTH)
     claimed, _ = queue.claim(db, "me:1", NOW, 600, 100)
     copy = {d.recipient: d for d in claimed}
@@ -233,7 +235,7 @@ def test_recorded_outcomes_and_one_report_when_the_post_is_complete(db: sqlite3.
         queue.Attempt(copy["carla@example.com"], False, True, "550 5.1.1 no such user", "mx.example.com"),
     ]
     assert queue.record(db, attempts, NOW + 5, club_config, random.Random(1)) == ["sent", "pending", "failed"]
-    rows = by_recipient(db)
+    rows = {r: row for r, row in by_recipient(db).items() if r != "admin@myclub.org"}  # not the report
     assert [(r["state"], r["status"], r["attempts"], r["last_attempt_at"]) for r in rows.values()] == [
         ("sent", "2.0.0", 1, NOW + 5),
         ("pending", "", 1, NOW + 5),
@@ -243,15 +245,20 @@ def test_recorded_outcomes_and_one_report_when_the_post_is_complete(db: sqlite3.
     assert (rows["anna@example.net"]["remote_mta"], rows["anna@example.net"]["tls"]) == ("mx.example.net", "verified")
     assert rows["bob@example.net"]["last_reply"] == "451 4.2.0 mailbox busy"
     assert NOW + 5 + 270 <= rows["bob@example.net"]["next_attempt_at"] <= NOW + 5 + 330
-    assert reports(db) == []  # bob's copy is not final yet
+    # carla's failure is reported at once, though bob's copy is not final yet (as Postfix does)
+    (first,) = reports(db)
+    assert (first["recipient"], first["mail_from"]) == ("admin@myclub.org", "")
+    _, blocks = parse_report(bytes(first["raw"]))
+    assert [b["Final-Recipient"] for b in blocks[1:]] == ["rfc822; carla@example.com"]
+    assert db.execute("SELECT reported_at FROM posts WHERE id = ?", (post_id,)).fetchone()[0] is None
+    assert queue.report_if_due(db, post_id, NOW + 10, club_config) is None  # carla is not reported twice
 
-    (retry,) = queue.claim(db, "me:1", NOW + 400, 600, 100)[0]
+    retry = next(d for d in queue.claim(db, "me:1", NOW + 400, 600, 100)[0] if d.recipient == "bob@example.net")
     gone = queue.Attempt(retry, False, True, "550 5.1.1 gone", "mx.example.net")
     assert queue.record(db, [gone], NOW + 400, club_config) == ["failed"]
-    (report,) = reports(db)
-    assert (report["recipient"], report["mail_from"]) == ("admin@myclub.org", "")
-    _, blocks = parse_report(bytes(report["raw"]))
-    assert sorted(b["Final-Recipient"] for b in blocks[1:]) == ["rfc822; bob@example.net", "rfc822; carla@example.com"]
+    second = reports(db)[1]
+    _, blocks = parse_report(bytes(second["raw"]))
+    assert [b["Final-Recipient"] for b in blocks[1:]] == ["rfc822; bob@example.net"]  # only the new failure
     assert db.execute("SELECT reported_at FROM posts WHERE id = ?", (post_id,)).fetchone()[0] == NOW + 400
     assert queue.report_if_due(db, post_id, NOW + 500, club_config) is None  # once
 
@@ -286,3 +293,18 @@ def test_next_due_counts_leases_and_nothing_when_the_queue_is_empty(db: sqlite3.
     queue_post(db, ["anna@example.net"], due=NOW)
     queue.claim(db, "me:1", NOW, 600, 1)
     assert outbound.next_due(db) == NOW + 600  # due, but not before its lease ends
+
+
+def test_failures_a_dead_process_recorded_but_did_not_report_are_reported_on_restart(
+    db: sqlite3.Connection, club_config: Config
+):
+    post_id = queue_post(db, ["bob@example.net", "carla@example.com"])
+    claimed, _ = queue.claim(db, "me:1", NOW, 600, 100)
+    failed = [queue.Attempt(d, False, True, "550 5.1.1 gone", "mx.example.net") for d in claimed]
+    queue.record(db, failed, NOW + 5, club_config, report=False)  # the worker's way; then it died
+    assert reports(db) == []
+    assert len(queue.report_left_over(db, NOW + 60, club_config)) == 1
+    _, blocks = parse_report(bytes(reports(db)[0]["raw"]))
+    assert sorted(b["Final-Recipient"] for b in blocks[1:]) == ["rfc822; bob@example.net", "rfc822; carla@example.com"]
+    assert db.execute("SELECT reported_at FROM posts WHERE id = ?", (post_id,)).fetchone()[0] == NOW + 60
+    assert queue.report_left_over(db, NOW + 120, club_config) == []  # the report itself is never reported

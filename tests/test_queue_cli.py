@@ -94,7 +94,9 @@ async def test_every_queue_command_on_a_populated_queue(tmp_path, sink: Sink):
 
     code, out, _ = await lmtpd(config, "queue", "list", "--json")
     listed = {(e["queue_id"], e["recipient"]): e for e in json.loads(out)}
-    assert len(listed) == 5  # q1: bob pending, carla failed; q2: three pending
+    # q1: bob pending, carla failed; q2: three pending; carla's failure reported at once (its own queue id)
+    assert len(listed) == 6
+    assert [k[1] for k in listed if k[0] not in (q1, q2)] == ["admin@myclub.org"]
     assert listed[(q1, "carla@example.com")]["state"] == "failed"
     assert listed[(q1, "carla@example.com")]["status"] == "5.1.1"
     assert listed[(q1, "bob@example.net")]["next_attempt"]
@@ -103,7 +105,7 @@ async def test_every_queue_command_on_a_populated_queue(tmp_path, sink: Sink):
     code, out, _ = await lmtpd(config, "queue", "list", "--state", "failed", "--json")
     assert [(e["queue_id"], e["recipient"]) for e in json.loads(out)] == [(q1, "carla@example.com")]
     code, out, _ = await lmtpd(config, "queue", "list", "--state", "all", "--list", "youth", "--json")
-    assert len(json.loads(out)) == 6
+    assert len(json.loads(out)) == 7  # and the report about youth's post
     code, out, _ = await lmtpd(config, "queue", "list", "--list", "trainers")
     assert out.strip() == "queue is empty"
 
@@ -121,7 +123,7 @@ async def test_every_queue_command_on_a_populated_queue(tmp_path, sink: Sink):
     code, out, _ = await lmtpd(config, "queue", "hold", q2)
     assert out.strip() == f"{q2}: 3 copies held"
     code, out, _ = await lmtpd(config, "queue", "flush")
-    assert "attempted 1:" in out  # only bob's copy of q1; q2 is held
+    assert "attempted 2: 1 sent, 1 deferred" in out  # bob's copy of q1 and the report; q2 is held
     code, out, _ = await lmtpd(config, "queue", "list", "--state", "held", "--json")
     assert {e["queue_id"] for e in json.loads(out)} == {q2} and len(json.loads(out)) == 3
     code, out, _ = await lmtpd(config, "queue", "release", q2)
@@ -129,7 +131,7 @@ async def test_every_queue_command_on_a_populated_queue(tmp_path, sink: Sink):
 
     code, out, _ = await lmtpd(config, "queue", "stats", "--json")
     stats = json.loads(out)
-    assert stats["states"] == {"pending": 4, "held": 0, "failed": 1, "sent": 1}
+    assert stats["states"] == {"pending": 4, "held": 0, "failed": 1, "sent": 2}  # anna's copy, the report
     assert stats["destinations"] == {"example.net": 3, "example.com": 1}
     assert stats["oldest_age_seconds"] >= 0
     code, out, _ = await lmtpd(config, "queue", "stats")

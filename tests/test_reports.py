@@ -10,8 +10,10 @@ from contextlib import AsyncExitStack
 import pytest
 from flufl.bounce import all_failures
 
+from lmtpd import queue_admin
 from lmtpd.config import Config
 from lmtpd.runtime import Runtime, open_runtime
+from lmtpd.store.engine import open_database, transaction
 
 from .helpers.club import message, new_club
 from .helpers.reports import parse_report
@@ -162,3 +164,57 @@ async def test_never_a_report_about_a_forward(delivering_club: DeliveringClub, s
     assert delivering_club.rows("SELECT state FROM deliveries")[0][0] == "failed"
     assert await delivering_club.worker.deliver_due() == {}
     assert delivering_club.rows("SELECT * FROM posts WHERE kind = 'report'") == []
+
+
+async def test_failures_are_reported_at_the_end_of_their_pass_delays_and_expiry_each_once(
+    tmp_path, sink: Sink, clock: Clock
+):
+    """As Postfix: carla's refusal is reported after the pass that made it final, while bob
+    is still deferred; bob gets one "delayed" report after delay_warning and a final one
+    when his copy expires; never more than one report per post and pass."""
+    club = await make_club(tmp_path, sink, clock, "delay_warning = 3600\nmax_queue_lifetime = 14400")
+    try:
+        sink.rcpt_replies = {
+            "bob@example.net": "451 4.2.0 try again later",
+            "carla@example.com": "550 5.1.1 <carla@example.com>: user unknown",
+        }
+        await club.post()
+        assert await club.worker.deliver_due() == {"sent": 1, "pending": 1, "failed": 1}
+        per_pass = [len(club.rows("SELECT * FROM posts WHERE kind = 'report'"))]
+        assert await club.worker.deliver_due() == {"sent": 1}  # the report, at once: bob is still queued
+        _, blocks = parse_report(sink.to(ADMIN)[0].data)
+        assert [(b["Final-Recipient"], b["Action"]) for b in blocks[1:]] == [("rfc822; carla@example.com", "failed")]
+        for _ in range(30):  # bounded: the copy expires after four hours
+            clock.advance(900)
+            await club.worker.deliver_due()
+            per_pass.append(len(club.rows("SELECT * FROM posts WHERE kind = 'report'")))
+            if club.rows("SELECT state FROM deliveries WHERE recipient = 'bob@example.net'")[0][0] != "pending":
+                break
+        await club.worker.deliver_due()
+        assert all(b - a <= 1 for a, b in zip(per_pass, per_pass[1:], strict=False))  # one per pass at most
+        got = [parse_report(r.data)[1] for r in sink.to(ADMIN)]
+        assert [[(b["Final-Recipient"], b["Action"]) for b in blocks[1:]] for blocks in got] == [
+            [("rfc822; carla@example.com", "failed")],
+            [("rfc822; bob@example.net", "delayed")],
+            [("rfc822; bob@example.net", "failed")],
+        ]
+        assert got[2][1]["Status"] == "4.4.7"
+        assert club.rows("SELECT reported_at FROM posts WHERE kind = 'list'")[0][0] is not None  # retention may go
+    finally:
+        await club.close()
+
+
+async def test_a_retried_copy_that_fails_again_is_reported_again(delivering_club: DeliveringClub, sink: Sink):
+    sink.rcpt_replies = {"bob@example.net": "550 5.1.1 unknown"}
+    await delivering_club.post()
+    await delivering_club.worker.deliver_due()
+    await delivering_club.worker.deliver_due()
+    assert len(sink.to(ADMIN)) == 1
+    db = await open_database(delivering_club.cfg.database)
+    try:  # what `lmtpd queue retry --all-failed` does
+        assert await transaction(db, lambda c: queue_admin.retry(c, None, 0.0)) == 1
+    finally:
+        await db.close()
+    await delivering_club.worker.deliver_due()
+    await delivering_club.worker.deliver_due()
+    assert len(sink.to(ADMIN)) == 2

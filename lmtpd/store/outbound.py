@@ -230,6 +230,53 @@ def failed_copies(db: sqlite3.Connection, post_id: int) -> list[CopyOutcome]:
     return _outcomes(db, "post_id = ? AND state = 'failed'", (post_id,))
 
 
+def report_state(db: sqlite3.Connection, post_id: int) -> tuple[bool, bool]:
+    """(some copy still pending or held, some failed copy not reported yet), from the index."""
+    row = db.execute(
+        """
+        SELECT EXISTS (SELECT 1 FROM deliveries WHERE post_id = ? AND state IN ('pending', 'held')),
+               EXISTS (SELECT 1 FROM deliveries WHERE post_id = ? AND state = 'failed' AND reported_at IS NULL)
+        """,
+        (post_id, post_id),
+    ).fetchone()
+    return bool(row[0]), bool(row[1])
+
+
+def unreported_failures(db: sqlite3.Connection, post_id: int, now: float) -> list[CopyOutcome]:
+    """The post's failed copies no report named yet, marked reported at ``now`` as they are read."""
+    rows = db.execute(
+        """
+        UPDATE deliveries SET reported_at = ? WHERE post_id = ? AND state = 'failed' AND reported_at IS NULL
+        RETURNING id, recipient, last_reply, status, remote_mta, last_attempt_at
+        """,
+        (now, post_id),
+    ).fetchall()
+    return [CopyOutcome(*r[1:]) for r in sorted(rows, key=lambda r: r[0])]
+
+
+def posts_with_unreported_failures(db: sqlite3.Connection) -> list[int]:
+    """List posts with a failed copy no report named: left by a process that died between the two."""
+    rows = db.execute(
+        """
+        SELECT DISTINCT d.post_id FROM deliveries d JOIN posts p ON p.id = d.post_id
+         WHERE d.state = 'failed' AND d.reported_at IS NULL AND p.kind = 'list'
+         ORDER BY d.post_id
+        """
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def close_reports(db: sqlite3.Connection, post_id: int, now: float) -> None:
+    """A finished post with failures, every one reported: posts.reported_at says so (retention reads it)."""
+    db.execute(
+        """
+        UPDATE posts SET reported_at = ? WHERE id = ? AND reported_at IS NULL
+           AND EXISTS (SELECT 1 FROM deliveries WHERE post_id = posts.id AND state = 'failed')
+        """,
+        (now, post_id),
+    )
+
+
 def delayed_copies(db: sqlite3.Connection, post_id: int, created_before: float) -> list[CopyOutcome]:
     """Pending copies tried at least once and queued since before ``created_before``."""
     return _outcomes(

@@ -64,7 +64,7 @@ async def retry(db: aiosqlite.Connection, queue_id: str | None, now: float) -> i
         params,
     )
     cur = await db.execute(
-        "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, created_at = ?, status = '' "
+        "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, created_at = ?, status = '', reported_at = NULL "
         f"WHERE state = 'failed'{scope}",
         (now, now, *params),
     )
