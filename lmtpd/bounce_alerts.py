@@ -28,6 +28,7 @@ from email.policy import compat32
 from email.utils import format_datetime, make_msgid
 
 from . import headers
+from .auth import org_domain
 from .bounce_reasons import Reason, provider
 from .config import Config
 from .queue import enqueue_report, new_queue_id
@@ -68,7 +69,6 @@ ADVICE = {
 
 _URL = re.compile(r"https?://[^\s<>\"')\]]+", re.I)
 _HOST_SAID = re.compile(r"\bhost\s+([a-z0-9.-]+\.[a-z]{2,})\s*\[", re.I)
-_SECOND_LEVEL = {"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"}
 
 
 @dataclass(frozen=True)
@@ -84,14 +84,9 @@ class Alert:
 
 
 def organisational_domain(host: str) -> str:
-    """The registrable part of a host name: ``mail.protection.outlook.com`` -> ``outlook.com``.
-
-    Without the public suffix list: two labels, three under a country's ``co.``/``com.``...
-    """
-    labels = [label for label in host.lower().strip(".").split(".") if label]
-    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
+    """The registrable part of a host name: ``mail.protection.outlook.com`` -> ``outlook.com``
+    (the Public Suffix List, as for DMARC alignment)."""
+    return org_domain(host.strip(".")) if host.strip(".") else ""
 
 
 def _report_hosts(msg: Message) -> list[str]:
