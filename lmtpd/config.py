@@ -147,6 +147,7 @@ class RetentionConfig:
     copies_days: int = 30  # copies sent, or failed and reported
     posts_days: int = 90  # posts, their messages and their remaining copies
     bounces_days: int = 180  # processed bounces no current score rests on
+    logs_days: int = 365  # the command log and the reminder log (never what exactly-once rests on)
     interval: float = 300.0  # seconds between serve's pruning passes
     batch: int = 100  # rows per transaction: each holds the write lock a few milliseconds
 
@@ -341,6 +342,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         copies_days=retention.integer("copies_days", RetentionConfig.copies_days, low=0),
         posts_days=retention.integer("posts_days", RetentionConfig.posts_days, low=0),
         bounces_days=retention.integer("bounces_days", RetentionConfig.bounces_days, low=0),
+        logs_days=retention.integer("logs_days", RetentionConfig.logs_days, low=0),
         interval=retention.number("interval", RetentionConfig.interval, low=1),
         batch=retention.integer("batch", RetentionConfig.batch, low=1, high=10000),
     )

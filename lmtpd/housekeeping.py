@@ -32,7 +32,7 @@ class Housekeeping:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         r = cfg.retention
-        if r.copies_days or r.posts_days or r.bounces_days:
+        if r.copies_days or r.posts_days or r.bounces_days or r.logs_days:
             self.tasks.append(loop.create_task(retention.run(self.writer, r, self.clock), name="lmtpd-retention"))
         if cfg.metrics.listen or cfg.metrics.textfile:
             reg = metrics.registry(cfg.database, self.clock, self.worker_metrics)
