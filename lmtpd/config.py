@@ -160,6 +160,11 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "text"  # "json": one object per line (time, level, logger, message, queue_id)
+
+
+@dataclass(frozen=True)
 class Config:
     domain: str
     database: Path
@@ -180,6 +185,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: Path | None = None
     commands: CommandsConfig = field(default_factory=CommandsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -233,6 +239,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     moderation = top.section("moderation")
     retention = top.section("retention")
     metrics = top.section("metrics")
+    logging_section = top.section("logging")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -349,6 +356,8 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     retention.done()
     metrics_cfg = _metrics(metrics, base)
     metrics.done()
+    logging_cfg = LoggingConfig(format=logging_section.choice("format", LoggingConfig.format, ("text", "json")))
+    logging_section.done()
     return Config(
         domain=domain,
         database=database,
@@ -369,6 +378,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         metrics=metrics_cfg,
         source=source,
         commands=commands_cfg,
+        logging=logging_cfg,
     )
 
 

@@ -144,7 +144,7 @@ def queue_flush(state: State, queue_id: str | None) -> None:
     """
     cfg = state.config
     if state.verbose:
-        setup_logging(state.verbose)
+        setup_logging(state.verbose, state.log_json or cfg.logging.format == "json")
     interactive = sys.stdout.isatty()
 
     async def run(db: aiosqlite.Connection) -> Any:

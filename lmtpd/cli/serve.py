@@ -76,10 +76,12 @@ def serve(state: State, upgrade: bool) -> None:
       lmtpd --config /etc/lmtpd/lmtpd.toml serve --upgrade
     """
     cfg = state.config
-    setup_logging(state.verbose)
+    log_json = state.log_json or cfg.logging.format == "json"
+    setup_logging(state.verbose, log_json)
     assert cfg.source is not None
     delivery = [sys.executable, "-m", "lmtpd", "--config", str(cfg.source.resolve())]
     delivery += [f"-{'v' * state.verbose}"] if state.verbose else []
+    delivery += ["--log-json"] if log_json else []
     delivery += ["deliver", "--nice", str(DELIVERY_NICENESS), "--from-serve"]
     private = tempfile.mkdtemp(prefix="lmtpd-metrics-") if cfg.metrics.listen or cfg.metrics.textfile else None
     worker_metrics = Path(private, "delivery.prom") if private else None
@@ -110,7 +112,7 @@ def deliver(state: State, nice: int, from_serve: bool, metrics_file: Path | None
       lmtpd --config /etc/lmtpd/lmtpd.toml deliver
     """
     cfg = state.config
-    setup_logging(state.verbose)
+    setup_logging(state.verbose, state.log_json or cfg.logging.format == "json")
     os.nice(nice)
     with database_errors(cfg):
         asyncio.run(run_delivery(cfg, from_serve, metrics_file))
