@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from lmtpd.config import load
 from .helpers import lmtpclient
 from .helpers.club import lmtp_target, message, populate, running, write_config
 from .helpers.policyclient import ask, connect, request
+from .helpers.processes import serving
 from .helpers.sink import Sink
-from .helpers.timing import Clock
+from .helpers.timing import Clock, eventually
 
 Samples = dict[tuple[str, tuple], float]
 
@@ -116,3 +118,34 @@ def test_code_classes_and_policy_actions():
     ]  # fmt: skip
     actions = ("DUNNO", "450 4.7.0 TLS", "550 5.7.1 no", "DEFER_IF_PERMIT x", "HOLD", "PREPEND X-A: 1")
     assert [counters.policy_action(a) for a in actions] == ["dunno", "defer", "reject", "other", "hold", "prepend"]
+
+
+def worker_directories() -> list[Path]:
+    """serve's private directories holding a delivery worker's counters."""
+    return [p for p in Path(tempfile.gettempdir()).glob("lmtpd-metrics-*") if (p / "delivery.prom").exists()]
+
+
+async def test_serve_adds_the_delivery_process_s_counters(short_dir: Path, sink: Sink):
+    """`lmtpd serve` as a process: its worker relays in a child, whose counters reach the scrape."""
+    port = free_port()
+    extra = f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    config = write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port, extra=extra)
+    cfg = load(config)
+    await populate(cfg)
+    url = f"http://127.0.0.1:{port}/metrics"
+    async with serving(config) as proc:
+        t = await lmtpclient.send(lmtp_target(cfg), "anna@example.net", ["youth@myclub.org"], message())
+        assert t.data[0].startswith("250")
+        await sink.wait_for(3)
+        key = ("lmtpd_relay_attempts_total", (("destination", "smarthost"), ("outcome", "sent")))
+
+        def relayed() -> bool:
+            return scrape(url).get(key) == 3
+
+        await eventually(lambda: relayed(), seconds=20, what="the worker's counters in serve's scrape")
+        after = await asyncio.to_thread(scrape, url)
+        assert after[("lmtpd_lmtp_replies_total", (("code_class", "2xx"), ("stage", "data")))] == 1  # serve's own
+        private = worker_directories()
+        assert private and all(oct(p.stat().st_mode & 0o777) == "0o700" for p in private)
+        assert proc.returncode is None
+    assert not any(p.exists() for p in private)  # serve removed its private directory
