@@ -149,6 +149,7 @@ class RetentionConfig:
     copies_days: int = 30  # copies sent, or failed and reported
     posts_days: int = 90  # posts, their messages and their remaining copies
     bounces_days: int = 180  # processed bounces no current score rests on
+    logs_days: int = 365  # the command log and the reminder log (never what exactly-once rests on)
     interval: float = 300.0  # seconds between serve's pruning passes
     batch: int = 100  # rows per transaction: each holds the write lock a few milliseconds
 
@@ -158,6 +159,11 @@ class MetricsConfig:
     listen: str = ""  # "127.0.0.1:PORT": Prometheus metrics over HTTP, loopback only
     textfile: Path | None = None  # or write them here for node_exporter's textfile collector
     interval: float = 15.0  # seconds between textfile writes
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "text"  # "json": one object per line (time, level, logger, message, queue_id)
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: Path | None = None
     commands: CommandsConfig = field(default_factory=CommandsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -234,6 +241,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
     moderation = top.section("moderation")
     retention = top.section("retention")
     metrics = top.section("metrics")
+    logging_section = top.section("logging")
     top.done()
 
     listen = _listen(lmtp, "listen", base)
@@ -345,12 +353,15 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         copies_days=retention.integer("copies_days", RetentionConfig.copies_days, low=0),
         posts_days=retention.integer("posts_days", RetentionConfig.posts_days, low=0),
         bounces_days=retention.integer("bounces_days", RetentionConfig.bounces_days, low=0),
+        logs_days=retention.integer("logs_days", RetentionConfig.logs_days, low=0),
         interval=retention.number("interval", RetentionConfig.interval, low=1),
         batch=retention.integer("batch", RetentionConfig.batch, low=1, high=10000),
     )
     retention.done()
     metrics_cfg = _metrics(metrics, base)
     metrics.done()
+    logging_cfg = LoggingConfig(format=logging_section.choice("format", LoggingConfig.format, ("text", "json")))
+    logging_section.done()
     return Config(
         domain=domain,
         database=database,
@@ -371,6 +382,7 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         metrics=metrics_cfg,
         source=source,
         commands=commands_cfg,
+        logging=logging_cfg,
     )
 
 

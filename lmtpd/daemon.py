@@ -13,6 +13,7 @@ in :mod:`lmtpd.supervise`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -21,8 +22,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
+from . import counters
 from .config import Config, ConfigError, load
 from .copies import SigningError
 from .delivery import Worker
@@ -47,6 +50,8 @@ from .supervise import DeliveryProcess, WakePipe, stop_worker
 
 log = logging.getLogger(__name__)
 
+WORKER_METRICS_EVERY = 5.0  # seconds between the delivery worker's writes of its counters
+
 
 class Service:
     """The LMTP server, the policy service and the delivery worker.
@@ -56,9 +61,14 @@ class Service:
     """
 
     def __init__(
-        self, cfg: Config, clock: Callable[[], float] = time.time, delivery_command: Sequence[str] | None = None
+        self,
+        cfg: Config,
+        clock: Callable[[], float] = time.time,
+        delivery_command: Sequence[str] | None = None,
+        worker_metrics: Path | None = None,
     ):
         self.cfg = cfg
+        self.worker_metrics = worker_metrics  # the delivery process's counters, for the metrics endpoint
         self.clock = clock
         self.sessions: set[LMTPServer] = set()
         self.server: Listener | None = None
@@ -136,7 +146,7 @@ class Service:
         # reminders run here, beside ingest: this writer fans out, and wakes the worker as a post does
         self.scheduler = self.runtime.reminders(self.handler.signer, self.handler.on_accepted)
         self._reminders_task = loop.create_task(self.scheduler.run(), name="lmtpd-reminders")
-        self.housekeeping = Housekeeping(cfg, self.writer, self.clock)
+        self.housekeeping = Housekeeping(cfg, self.writer, self.clock, self.worker_metrics)
         self.housekeeping.start()  # pruning, metrics; tells systemd we are ready
         log.info("lmtpd listening on %s for %s", cfg.lmtp.listen, cfg.domain)
 
@@ -286,8 +296,11 @@ def _keep_bound(old: Config, new: Config) -> Config:
     )
 
 
-async def run_delivery(cfg: Config, from_serve: bool) -> None:
-    """``lmtpd deliver``: the delivery worker alone, until SIGTERM or the end of serve's pipe."""
+async def run_delivery(cfg: Config, from_serve: bool, metrics_file: Path | None = None) -> None:
+    """``lmtpd deliver``: the delivery worker alone, until SIGTERM or the end of serve's pipe.
+
+    With ``metrics_file``, its counters are written there for serve's metrics endpoint.
+    """
     async with open_runtime(cfg, time.time, ingest=False, deliver=True) as runtime:
         worker = runtime.worker
         assert worker is not None
@@ -300,14 +313,36 @@ async def run_delivery(cfg: Config, from_serve: bool) -> None:
         if from_serve:
             await loop.connect_read_pipe(lambda: WakePipe(worker.wake, stop.set), sys.stdin)
         task = loop.create_task(worker.run(), name="lmtpd-delivery")
+        figures = loop.create_task(_write_counters(metrics_file), name="lmtpd-counters") if metrics_file else None
         log.info("delivery worker ready (process %d)", os.getpid())
         await asyncio.wait([asyncio.ensure_future(stop.wait()), task], return_when=asyncio.FIRST_COMPLETED)
         failed = task.done() and not stop.is_set()
         if failed:
             log.error("delivery worker ended unexpectedly: %r", task.exception())
         await stop_worker(worker, task, cfg.lmtp.shutdown_grace)
+        if figures is not None:
+            figures.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await figures
     if failed:
         raise SystemExit(1)
+
+
+async def _write_counters(path: Path) -> None:
+    """The worker's counters to serve's private directory, every few seconds and once more at the end."""
+    try:
+        while True:
+            _save_counters(path)
+            await asyncio.sleep(WORKER_METRICS_EVERY)
+    finally:
+        _save_counters(path)
+
+
+def _save_counters(path: Path) -> None:
+    try:
+        counters.write_worker_file(path)
+    except OSError as exc:
+        log.warning("delivery worker metrics %s: %s", path, exc)
 
 
 __all__ = ["Service", "ListenError", "StoreError"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import dns.asyncresolver
 
-from . import queue
+from . import counters, queue
 from .config import Config
 from .relay import Outcome, Session, SessionError, tls_contexts
 from .routes import Host, RouteError, make_resolver, resolve
@@ -103,6 +103,7 @@ class Worker:
         self.owner = owner or queue.lease_owner()
         relay = cfg.relay
         self.smarthost = relay.mode == "smarthost"
+        self.destination_class = "smarthost" if self.smarthost else "mx"  # the metrics' only destination label
         self.resolver = resolver or (None if self.smarthost else make_resolver(cfg.dns.nameservers, cfg.dns.timeout))
         self.contexts = tls_contexts(str(relay.tls_ca_file) if relay.tls_ca_file else None)
         self.slots = asyncio.Semaphore(relay.connections)
@@ -368,6 +369,7 @@ class Worker:
         p.recorded.append(recorded)
         p.unreachable += outcome.unreachable
         status = "sent" if outcome.sent else "bounced" if outcome.permanent else "deferred"
+        counters.RELAY_ATTEMPTS.labels(status, self.destination_class).inc()
         log.info(
             "%s: to=<%s>, relay=%s, delay=%.1f, tls=%s, status=%s (%s)",
             d.queue_id, d.recipient, outcome.remote or "none", at - d.created_at,
@@ -507,7 +509,9 @@ class _Lane:
     async def _send(self, d: queue.Delivery) -> None:
         assert self.session is not None
         self.carrying = d
+        started = time.monotonic()
         outcome = await self.session.send(d.sender, d.recipient, self.worker._copies[d.post_id])
+        counters.RELAY_SECONDS.labels(self.worker.destination_class).observe(time.monotonic() - started)
         if not (outcome.session_failed and await self._send_elsewhere(d, outcome)):
             self.worker._settle(d, outcome)
         self.carrying = None

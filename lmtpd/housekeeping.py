@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from . import metrics, retention, sdnotify
 from .config import Config
@@ -19,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class Housekeeping:
-    def __init__(self, cfg: Config, writer: Writer, clock: Callable[[], float]):
+    def __init__(self, cfg: Config, writer: Writer, clock: Callable[[], float], worker_metrics: Path | None = None):
         self.cfg = cfg
+        self.worker_metrics = worker_metrics
         self.writer = writer
         self.clock = clock
         self.tasks: list[asyncio.Task[None]] = []
@@ -30,10 +32,10 @@ class Housekeeping:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         r = cfg.retention
-        if r.copies_days or r.posts_days or r.bounces_days:
+        if r.copies_days or r.posts_days or r.bounces_days or r.logs_days:
             self.tasks.append(loop.create_task(retention.run(self.writer, r, self.clock), name="lmtpd-retention"))
         if cfg.metrics.listen or cfg.metrics.textfile:
-            reg = metrics.registry(cfg.database, self.clock)
+            reg = metrics.registry(cfg.database, self.clock, self.worker_metrics)
             if cfg.metrics.listen:
                 self._stop_http = metrics.serve_http(cfg.metrics, reg)
             if cfg.metrics.textfile:

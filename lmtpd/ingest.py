@@ -17,7 +17,7 @@ from datetime import date
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from . import auth, commands, moderation, queue
+from . import auth, commands, counters, moderation, queue
 from .addresses import BOUNCES, MODERATE, OWNER, POST, REQUEST, Recipient, parse_recipient
 from .config import Config
 from .copies import ListStyle, Signer, copy_headers
@@ -277,15 +277,22 @@ class IngestHandler(HooksOnly):
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if not valid_text(address):
+            counters.count_replies("mail", ["553"])
             return f"553 5.1.7 <{printable(address)}>: sender address is not valid UTF-8"
         envelope.mail_from = address
         envelope.mail_options.extend(options)
+        counters.count_replies("mail", ["250"])
         return "250 2.1.0 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Every recipient's fate that can be known now is decided now, not after DATA."""
+        reply = await self._rcpt(envelope, address, options)
+        counters.count_replies("rcpt", [reply])
+        return reply
+
+    async def _rcpt(self, envelope: Envelope, address: str, options: list[str]) -> str:
         if not valid_text(address):
             return f"553 5.1.3 <{printable(address)}>: recipient address is not valid UTF-8"
         rcpt, refusal = commands.target(address, self.cfg)
@@ -320,6 +327,7 @@ class IngestHandler(HooksOnly):
         except Exception:
             log.exception("could not store a message for %s", ", ".join(rcpts))
             replies = [TEMPFAIL] * len(rcpts)
+        counters.count_replies("data", replies)
         return "\r\n".join(replies)
 
     async def decide(self, mail_from: str, rcpts: list[str], raw: bytes) -> list[str]:
@@ -339,12 +347,18 @@ class IngestHandler(HooksOnly):
                 "%s: from=<%s>, author=<%s>, to=<%s>, size=%d, message-id=%s: %s",
                 queue_id, mail_from, headers.author or "-", rcpt, len(raw), headers.message_id or "-", reply,
             )  # fmt: skip
+        counters.COMMANDS_ANSWERED.inc(sum(1 for r, a in zip(rcpts, replies, strict=False) if self._answered(r, a)))
         if queued and self.on_accepted:
             try:  # committed: whatever happens now, the replies stand
                 self.on_accepted()
             except Exception:
                 log.exception("%s: could not wake the delivery worker", queue_id)
         return replies
+
+    def _answered(self, rcpt: str, reply: str) -> bool:
+        """Whether ``reply`` (committed) is the answer to a command mail."""
+        target = commands.target(rcpt, self.cfg)[0]
+        return target is not None and commands.is_command(target) and reply.startswith("250")
 
     def _post_lists(self, rcpts: list[str]) -> list[MailingList]:
         """The lists this message is posted to (not bounces or requests), once each."""

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server, write_to_tex
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import counters
 from .config import MetricsConfig
 from .store import connect_sync
 from .store import metrics as figures
@@ -91,9 +92,23 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily("lmtpd_database_size_bytes", "Size of the SQLite file (without its WAL)", value=size)
 
 
-def registry(database: Path, clock: Callable[[], float] = time.time) -> CollectorRegistry:
+class EventCollector(Collector):
+    """This process's counters (:mod:`lmtpd.counters`), plus the delivery worker's from its textfile."""
+
+    def __init__(self, worker_file: Path | None = None):
+        self.worker_file = worker_file
+
+    def collect(self) -> Iterator[Metric]:
+        theirs = counters.read_families(self.worker_file) if self.worker_file is not None else []
+        yield from counters.merged(counters.REGISTRY.collect(), theirs)
+
+
+def registry(
+    database: Path, clock: Callable[[], float] = time.time, worker_file: Path | None = None
+) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(QueueCollector(database, clock))
+    reg.register(EventCollector(worker_file))
     return reg
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from datetime import date
 
-from . import commands, moderation
+from . import commands, counters, moderation
 from .addresses import POST, normalize_address
 from .config import Config
 from .headers import printable
@@ -172,6 +172,11 @@ class PolicyServer:
             writer.close()
 
     def answer(self, lines: list[bytes]) -> str:
+        action = self._answer(lines)
+        counters.POLICY_DECISIONS.labels(counters.policy_action(action)).inc()
+        return action
+
+    def _answer(self, lines: list[bytes]) -> str:
         self.requests += 1
         try:
             request = parse_request(lines)

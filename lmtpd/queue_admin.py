@@ -7,6 +7,7 @@ aiosqlite connection; the SQL is in :mod:`lmtpd.store.outbound_admin`.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aiosqlite
@@ -134,3 +135,68 @@ async def stats(db: aiosqlite.Connection, now: float) -> dict:
         "destinations": await outbound_admin.unsent_by_domain(db),
         "oldest_age_seconds": round(now - oldest) if oldest is not None else None,
     }
+
+
+ALL = "ALL"  # as postsuper's: every message
+Scope = tuple[str, tuple[str, ...]]
+
+
+async def scope(
+    db: aiosqlite.Connection, queue_id: str | None, list_name: str | None = None, domain: str | None = None
+) -> Scope:
+    """The copies a bulk verb names: a queue id or ALL, narrowed by list and recipient domain."""
+    if queue_id is None and list_name is None and domain is None:
+        raise QueueError("name a queue id, ALL, --list or --destination")
+    one = None if queue_id is None or queue_id.upper() == ALL else (await _message(db, queue_id)).queue_id
+    return outbound_admin.scope(one, list_name.lower() if list_name else None, domain.lower() if domain else None)
+
+
+def _summary(r: dict[str, Any], now: float) -> dict:
+    return {
+        "queue_id": r["queue_id"],
+        "sender": r["mail_from"],
+        "lists": sorted((r["lists"] or "").split(",")),
+        "subject": r["subject"],
+        "size": r["size"],
+        "arrived": isotime(r["arrived_at"]),
+        "age_seconds": max(0, round(now - r["arrived_at"])),
+        "copies": r["copies"],
+        "states": {k: r[k] for k in (PENDING, HELD, FAILED, SENT) if r[k]},
+        "attempts": r["attempts"],
+        "last_error": r["last_reply"] or None,
+    }
+
+
+async def messages(
+    db: aiosqlite.Connection,
+    states: tuple[str, ...] = (PENDING, HELD, FAILED),
+    list_name: str | None = None,
+    domain: str | None = None,
+    now: float | None = None,
+) -> list[dict]:
+    """One entry per message with copies in ``states``, as ``postqueue -p`` shows them."""
+    where = outbound_admin.scope(None, list_name.lower() if list_name else None, domain.lower() if domain else None)
+    at = time.time() if now is None else now
+    return [_summary(r, at) for r in await outbound_admin.messages(db, states, where)]
+
+
+async def body(db: aiosqlite.Connection, queue_id: str) -> bytes:
+    """The message as it came (headers and body), for ``queue show --body``."""
+    return (await _message(db, queue_id)).raw
+
+
+async def count(db: aiosqlite.Connection, where: Scope, states: tuple[str, ...] = (PENDING, HELD)) -> int:
+    return await outbound_admin.count_in_scope(db, states, where)
+
+
+async def hold_all(db: aiosqlite.Connection, where: Scope) -> int:
+    return await outbound_admin.hold_scope(db, where)
+
+
+async def release_all(db: aiosqlite.Connection, where: Scope, now: float) -> int:
+    return await outbound_admin.release_scope(db, where, now)
+
+
+async def delete_unsent(db: aiosqlite.Connection, where: Scope) -> int:
+    """Copies not yet sent (pending, held) are removed; sent and failed ones stay as history."""
+    return await outbound_admin.delete_unsent(db, where)

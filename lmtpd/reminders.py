@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
 
-from . import headers, queue
+from . import counters, headers, queue
 from .config import Config
 from .copies import Signer, copy_headers
 from .ingest import style
@@ -277,6 +277,7 @@ class Scheduler:
 
     async def run_once(self) -> list[Done]:
         done = await run_due(self.submit, self.reader, self.cfg, self.clock(), self.signer)
+        counters.REMINDERS_POSTED.inc(sum(1 for d in done if d.queue_id))
         if any(d.queue_id for d in done) and self.on_posted is not None:
             self.on_posted()
         return done

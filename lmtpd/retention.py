@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .config import RetentionConfig
-from .store import Writer
+from .store import Writer, log_retention
 from .store import retention as store
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
+LOG_FLOOR = 3600.0  # the command log's last hour is the rate limit's count: never pruned
 PruneJob = Callable[[sqlite3.Connection, float, int], int]  # (db, before, limit) -> rows deleted
 MAX_BATCHES = 10000  # per kind and pass: a pass always ends; the next one goes on
 RECLAIM_PAGES = 256  # free pages handed back per batch, where auto_vacuum is incremental
@@ -43,13 +44,16 @@ class Pruned:
     copies: int = 0
     posts: int = 0
     bounces: int = 0
+    command_log: int = 0
+    reminder_log: int = 0
 
     def __str__(self) -> str:
-        return f"{self.copies} copies, {self.posts} posts, {self.bounces} bounces"
+        logs = f", {self.command_log} command log entries, {self.reminder_log} reminder log entries"
+        return f"{self.copies} copies, {self.posts} posts, {self.bounces} bounces" + logs
 
     @property
     def total(self) -> int:
-        return self.copies + self.posts + self.bounces
+        return self.copies + self.posts + self.bounces + self.command_log + self.reminder_log
 
 
 def cutoffs(cfg: RetentionConfig, now: float) -> Cutoffs:
@@ -61,24 +65,34 @@ def cutoffs(cfg: RetentionConfig, now: float) -> Cutoffs:
     return Cutoffs(before(cfg.copies_days), before(cfg.posts_days), before(cfg.bounces_days))
 
 
+def log_cutoff(cfg: RetentionConfig, now: float) -> float | None:
+    """When the command and reminder logs' entries may go; never within the rate limit's hour."""
+    return min(now - cfg.logs_days * DAY, now - LOG_FLOOR) if cfg.logs_days else None
+
+
 def count(db: sqlite3.Connection, cfg: RetentionConfig, now: float) -> Pruned:
     """What a prune at ``now`` would delete (``db prune --dry-run``)."""
-    cut = cutoffs(cfg, now)
+    cut, logs = cutoffs(cfg, now), log_cutoff(cfg, now)
     return Pruned(
         copies=store.prune_copies(db, cut.copies, 0, dry_run=True) if cut.copies else 0,
         posts=store.prune_posts(db, cut.posts, 0, dry_run=True) if cut.posts else 0,
         bounces=store.prune_bounces(db, cut.bounces, 0, dry_run=True) if cut.bounces else 0,
+        command_log=log_retention.prune_command_log(db, logs, 0, dry_run=True) if logs else 0,
+        reminder_log=log_retention.prune_reminder_log(db, logs, 0, dry_run=True) if logs else 0,
     )
 
 
 async def prune(writer: Writer, cfg: RetentionConfig, clock: Callable[[], float] = time.time) -> Pruned:
     """Delete, batch by batch, everything ``cfg`` says is old enough; return the counts."""
-    cut = cutoffs(cfg, clock())
+    now = clock()
+    cut, logs = cutoffs(cfg, now), log_cutoff(cfg, now)
     done = Pruned()
     kinds: list[tuple[str, float | None, PruneJob]] = [
         ("copies", cut.copies, store.prune_copies),  # first: posts then carry fewer copies along
         ("posts", cut.posts, store.prune_posts),
         ("bounces", cut.bounces, store.prune_bounces),
+        ("command_log", logs, log_retention.prune_command_log),
+        ("reminder_log", logs, log_retention.prune_reminder_log),
     ]
     for name, before, job in kinds:
         if before is None:

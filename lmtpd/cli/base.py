@@ -23,6 +23,7 @@ import click
 from .. import __version__, bounce_admin, queue_admin, roster
 from ..config import Config, ConfigError, config_path, load
 from ..headers import printable
+from ..logformat import JsonFormatter
 from ..store import SchemaError, StoreError, open_database, transaction
 
 T = TypeVar("T")
@@ -37,9 +38,10 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 class State:
-    def __init__(self, config_file: str | None, verbose: int):
+    def __init__(self, config_file: str | None, verbose: int, log_json: bool = False):
         self.config_file = config_file
         self.verbose = verbose
+        self.log_json = log_json
         self._config: Config | None = None
 
     @property
@@ -110,12 +112,15 @@ def emit(rows: list[dict], as_json: bool, line: Callable[[dict], str], empty: st
             click.echo(printable(line(row)))
 
 
-def setup_logging(verbose: int) -> None:
+def setup_logging(verbose: int, json_format: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO,
         format="%(asctime)s lmtpd[%(process)d]: %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if json_format:  # [logging] format = "json" or --log-json
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     # aiosmtpd logs every command line at INFO: useful when debugging, costly otherwise
     logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
@@ -147,7 +152,8 @@ class MainGroup(click.Group):
     help="TOML configuration file (default: $LMTPD_CONFIG).",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: every LMTP command).")
+@click.option("--log-json", is_flag=True, help='Log one JSON object per line (as [logging] format = "json").')
 @click.pass_context
-def main(ctx: click.Context, config_file: str | None, verbose: int) -> None:
+def main(ctx: click.Context, config_file: str | None, verbose: int, log_json: bool) -> None:
     """lmtpd: a mailing-list delivery agent behind Postfix."""
-    ctx.obj = State(config_file, verbose)
+    ctx.obj = State(config_file, verbose, log_json)

@@ -36,20 +36,37 @@ def queue_group() -> None:
     help="Only copies in this state (repeatable; default: pending, held, failed); dropped: posts not sent.",
 )
 @click.option("--list", "list_name", metavar="NAME", help="Only copies of posts to this list.")
+@click.option("--destination", metavar="DOMAIN", help="Only copies to this recipient domain (with --messages).")
+@click.option("--messages", "by_message", is_flag=True, help="One line per message, like postqueue -p.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
-def queue_list(state: State, states: tuple[str, ...], list_name: str | None, as_json: bool) -> None:
+def queue_list(
+    state: State,
+    states: tuple[str, ...],
+    list_name: str | None,
+    destination: str | None,
+    by_message: bool,
+    as_json: bool,
+) -> None:
     """One line per copy: queue id, recipient, state, attempts, next attempt, last reply.
+
+    With --messages, one line per message: queue id, age, attempts, sender, lists,
+    copies by state, subject and the latest error.
 
     \b
     Example:
       lmtpd queue list --state failed --list youth
+      lmtpd queue list --messages --destination example.org
     """
     wanted = (
         (*queue_admin.STATES, queue_admin.DROPPED)
         if "all" in states
         else (states or (queue.PENDING, queue.HELD, queue.FAILED))
     )
+    if by_message or destination:
+        copies = tuple(s for s in wanted if s != queue_admin.DROPPED)
+        found = state.run(lambda db: queue_admin.messages(db, copies, list_name, destination))
+        return emit(found, as_json, _message_line, "queue is empty")
     rows = state.run(lambda db: queue_admin.listing(db, tuple(wanted), list_name))
     emit(
         rows,
@@ -62,17 +79,40 @@ def queue_list(state: State, states: tuple[str, ...], list_name: str | None, as_
     )
 
 
+def _message_line(r: dict) -> str:
+    """postqueue -p's line: what an operator scans for, the outsiders' text last."""
+    states = ",".join(f"{k}={v}" for k, v in r["states"].items())
+    return (
+        f"{r['queue_id']}  {_age(r['age_seconds']):>6}  attempts={r['attempts']}  <{r['sender']}>  "
+        f"{','.join(r['lists'])}  {states}  {r['subject'] or '(no subject)'}  {r['last_error'] or '-'}"
+    )
+
+
+def _age(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 @queue_group.command("show")
 @click.argument("queue_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--body", is_flag=True, help="The whole message as it came, headers and body.")
 @pass_state
-def queue_show(state: State, queue_id: str, as_json: bool) -> None:
+def queue_show(state: State, queue_id: str, as_json: bool, body: bool) -> None:
     """Envelope, copies with their states and last replies, and headers of one message.
 
     \b
     Example:
       lmtpd queue show 3F9A0C1B22D4
+      lmtpd queue show 3F9A0C1B22D4 --body | less
     """
+    if body:
+        raw = state.run(lambda db: queue_admin.body(db, queue_id))
+        sys.stdout.buffer.write(raw.replace(b"\r\n", b"\n"))  # the bytes themselves: an operator's pager escapes
+        sys.stdout.flush()
+        return None
     info = state.run(lambda db: queue_admin.show(db, queue_id))
     if as_json:
         return emit_json(info)
@@ -104,7 +144,7 @@ def queue_flush(state: State, queue_id: str | None) -> None:
     """
     cfg = state.config
     if state.verbose:
-        setup_logging(state.verbose)
+        setup_logging(state.verbose, state.log_json or cfg.logging.format == "json")
     interactive = sys.stdout.isatty()
 
     async def run(db: aiosqlite.Connection) -> Any:
@@ -148,46 +188,77 @@ def queue_retry(state: State, queue_id: str | None, all_failed: bool) -> None:
     click.echo(f"{count} failed copies queued again")
 
 
+def _scope_options(fn: Any) -> Any:
+    fn = click.option("--destination", metavar="DOMAIN", help="Only copies to this recipient domain.")(fn)
+    return click.option("--list", "list_name", metavar="NAME", help="Only copies of posts to this list.")(fn)
+
+
+def _what(queue_id: str | None, list_name: str | None, destination: str | None) -> str:
+    """The selection in words, for the count line."""
+    parts = [queue_id.upper() if queue_id and queue_id.upper() != queue_admin.ALL else "all messages"]
+    parts += [f"list {list_name}"] if list_name else []
+    parts += [f"destination {destination}"] if destination else []
+    return ", ".join(parts)
+
+
 @queue_group.command("hold")
-@click.argument("queue_id")
+@click.argument("queue_id", required=False)
+@_scope_options
 @pass_state
-def queue_hold(state: State, queue_id: str) -> None:
-    """Stop sending the pending copies of a message until released.
+def queue_hold(state: State, queue_id: str | None, list_name: str | None, destination: str | None) -> None:
+    """Stop sending pending copies until released: of a message, ALL, or by list or destination.
 
     \b
     Example:
       lmtpd queue hold 3F9A0C1B22D4
+      lmtpd queue hold ALL --destination example.org
     """
-    count = state.write(lambda db: queue_admin.hold(db, queue_id))
-    click.echo(f"{queue_id.upper()}: {count} copies held")
+
+    async def run(db: aiosqlite.Connection) -> int:
+        return await queue_admin.hold_all(db, await queue_admin.scope(db, queue_id, list_name, destination))
+
+    count = state.write(run)
+    click.echo(f"{_what(queue_id, list_name, destination)}: {count} copies held")
 
 
 @queue_group.command("release")
-@click.argument("queue_id")
+@click.argument("queue_id", required=False)
+@_scope_options
 @pass_state
-def queue_release(state: State, queue_id: str) -> None:
-    """Send the held copies of a message again, starting now.
+def queue_release(state: State, queue_id: str | None, list_name: str | None, destination: str | None) -> None:
+    """Send held copies again, starting now: of a message, ALL, or by list or destination.
 
     \b
     Example:
       lmtpd queue release 3F9A0C1B22D4
+      lmtpd queue release ALL
     """
     now = time.time()
-    count = state.write(lambda db: queue_admin.release(db, queue_id, now))
-    click.echo(f"{queue_id.upper()}: {count} copies released")
+
+    async def run(db: aiosqlite.Connection) -> int:
+        return await queue_admin.release_all(db, await queue_admin.scope(db, queue_id, list_name, destination), now)
+
+    count = state.write(run)
+    click.echo(f"{_what(queue_id, list_name, destination)}: {count} copies released")
 
 
 @queue_group.command("delete")
-@click.argument("queue_id")
+@click.argument("queue_id", required=False)
+@_scope_options
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
-def queue_delete(state: State, queue_id: str, yes: bool) -> None:
-    """Delete a message and all its copies; unsent copies will never go out.
+def queue_delete(state: State, queue_id: str | None, list_name: str | None, destination: str | None, yes: bool) -> None:
+    """Delete a message and all its copies; or, with ALL, --list or --destination, the unsent copies they name.
+
+    Unsent copies deleted never go out, and no report is sent about them.
 
     \b
     Example:
       lmtpd queue delete 3F9A0C1B22D4 --yes
+      lmtpd queue delete ALL --list youth --yes
     """
+    if queue_id is None or queue_id.upper() == queue_admin.ALL or list_name or destination:
+        return _delete_unsent(state, queue_id, list_name, destination, yes)
     info = state.run(lambda db: queue_admin.show(db, queue_id))
     unsent = sum(1 for d in info["deliveries"] if d["state"] in (queue.PENDING, queue.HELD))
     if not yes:
@@ -197,6 +268,25 @@ def queue_delete(state: State, queue_id: str, yes: bool) -> None:
         )
     count = state.write(lambda db: queue_admin.delete(db, queue_id))
     click.echo(f"{info['queue_id']}: deleted with {count} copies")
+
+
+def _delete_unsent(
+    state: State, queue_id: str | None, list_name: str | None, destination: str | None, yes: bool
+) -> None:
+    what = _what(queue_id, list_name, destination)
+
+    async def counted(db: aiosqlite.Connection) -> int:
+        return await queue_admin.count(db, await queue_admin.scope(db, queue_id, list_name, destination))
+
+    unsent = state.run(counted)
+    if not yes:
+        click.confirm(f"Delete {unsent} copies not yet sent ({what})?", abort=True)
+
+    async def run(db: aiosqlite.Connection) -> int:
+        return await queue_admin.delete_unsent(db, await queue_admin.scope(db, queue_id, list_name, destination))
+
+    count = state.write(run)
+    click.echo(f"{what}: {count} unsent copies deleted")
 
 
 @queue_group.command("stats")

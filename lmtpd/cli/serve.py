@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import click
 
@@ -73,25 +76,35 @@ def serve(state: State, upgrade: bool) -> None:
       lmtpd --config /etc/lmtpd/lmtpd.toml serve --upgrade
     """
     cfg = state.config
-    setup_logging(state.verbose)
+    log_json = state.log_json or cfg.logging.format == "json"
+    setup_logging(state.verbose, log_json)
     assert cfg.source is not None
     delivery = [sys.executable, "-m", "lmtpd", "--config", str(cfg.source.resolve())]
     delivery += [f"-{'v' * state.verbose}"] if state.verbose else []
+    delivery += ["--log-json"] if log_json else []
     delivery += ["deliver", "--nice", str(DELIVERY_NICENESS), "--from-serve"]
+    private = tempfile.mkdtemp(prefix="lmtpd-metrics-") if cfg.metrics.listen or cfg.metrics.textfile else None
+    worker_metrics = Path(private, "delivery.prom") if private else None
+    delivery += ["--metrics-file", str(worker_metrics)] if worker_metrics else []
+    service = Service(cfg, delivery_command=delivery, worker_metrics=worker_metrics)
     try:
         with database_errors(cfg):
-            asyncio.run(Service(cfg, delivery_command=delivery).run_until_signalled(allow_upgrade=upgrade))
+            asyncio.run(service.run_until_signalled(allow_upgrade=upgrade))
     except ListenError as exc:
         fail(str(exc), os.EX_OSERR)
     except SigningError as exc:
         fail(f"config error: {exc}", os.EX_CONFIG)
+    finally:
+        if private:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 @main.command(hidden=True)
 @click.option("--nice", type=click.IntRange(0, 19), default=0, help="Run at this lower CPU priority.")
 @click.option("--from-serve", is_flag=True, help="Stdin is serve's wake-up pipe; stop when it ends.")
+@click.option("--metrics-file", type=click.Path(path_type=Path), help="Write the worker's counters here for serve.")
 @pass_state
-def deliver(state: State, nice: int, from_serve: bool) -> None:
+def deliver(state: State, nice: int, from_serve: bool, metrics_file: Path | None) -> None:
     """Run the delivery worker alone until SIGTERM (serve starts one by itself).
 
     \b
@@ -99,7 +112,7 @@ def deliver(state: State, nice: int, from_serve: bool) -> None:
       lmtpd --config /etc/lmtpd/lmtpd.toml deliver
     """
     cfg = state.config
-    setup_logging(state.verbose)
+    setup_logging(state.verbose, state.log_json or cfg.logging.format == "json")
     os.nice(nice)
     with database_errors(cfg):
-        asyncio.run(run_delivery(cfg, from_serve))
+        asyncio.run(run_delivery(cfg, from_serve, metrics_file))

@@ -12,7 +12,7 @@ from typing import Any
 import aiosqlite
 
 from .engine import fetchall, fetchone
-from .outbound import OF_MESSAGE
+from .outbound import DOMAIN_OF_RECIPIENT, OF_MESSAGE
 
 _SELECT = """
     SELECT m.queue_id, m.arrived_at, p.list_name, d.*
@@ -95,3 +95,78 @@ async def unsent_by_domain(db: aiosqlite.Connection) -> dict[str, int]:
 async def oldest_unsent(db: aiosqlite.Connection) -> float | None:
     row = await fetchone(db, "SELECT min(created_at) FROM deliveries WHERE state IN ('pending', 'held')")
     return row[0] if row else None
+
+
+def scope(
+    queue_id: str | None = None, list_name: str | None = None, domain: str | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """The copies a bulk verb acts on, as a condition on ``deliveries``: one message,
+    one list's posts, one recipient domain (together: all of them), or every copy."""
+    where, params = ["1"], []
+    if queue_id is not None:
+        where.append(OF_MESSAGE)
+        params.append(queue_id)
+    if list_name is not None:
+        where.append("post_id IN (SELECT id FROM posts WHERE list_name = ?)")
+        params.append(list_name)
+    if domain is not None:
+        where.append(f"{DOMAIN_OF_RECIPIENT} = ?")
+        params.append(domain)
+    return " AND ".join(where), tuple(params)
+
+
+async def messages(
+    db: aiosqlite.Connection, states: tuple[str, ...], where: tuple[str, tuple[str, ...]]
+) -> list[dict[str, Any]]:
+    """One row per message with copies in ``states`` (within ``where``), oldest first:
+    envelope sender, subject, lists, copies by state, most attempts, the latest reply."""
+    cond, params = where
+    marks = ",".join("?" * len(states))
+    rows = await fetchall(
+        db,
+        f"""
+        WITH picked AS (SELECT * FROM deliveries WHERE state IN ({marks}) AND {cond})
+        SELECT m.queue_id, m.mail_from, m.subject, m.arrived_at, m.size,
+               group_concat(DISTINCT p.list_name) AS lists, count(*) AS copies,
+               sum(d.state = 'pending') AS pending, sum(d.state = 'held') AS held,
+               sum(d.state = 'failed') AS failed, sum(d.state = 'sent') AS sent, max(d.attempts) AS attempts,
+               (SELECT x.last_reply FROM picked x JOIN posts y ON y.id = x.post_id
+                 WHERE y.message_id = m.id AND x.last_reply != ''
+                 ORDER BY x.last_attempt_at DESC LIMIT 1) AS last_reply
+          FROM picked d JOIN posts p ON p.id = d.post_id JOIN messages m ON m.id = p.message_id
+         GROUP BY m.id ORDER BY m.arrived_at, m.queue_id
+        """,
+        (*states, *params),
+    )
+    return [dict(r) for r in rows]
+
+
+async def count_in_scope(db: aiosqlite.Connection, states: tuple[str, ...], where: tuple[str, tuple[str, ...]]) -> int:
+    cond, params = where
+    marks = ",".join("?" * len(states))
+    row = await fetchone(db, f"SELECT count(*) FROM deliveries WHERE state IN ({marks}) AND {cond}", (*states, *params))
+    return row[0] if row else 0
+
+
+async def hold_scope(db: aiosqlite.Connection, where: tuple[str, tuple[str, ...]]) -> int:
+    """Pending copies within ``where`` stop being sent until released."""
+    cond, params = where
+    cur = await db.execute(f"UPDATE deliveries SET state = 'held' WHERE state = 'pending' AND {cond}", params)
+    return cur.rowcount
+
+
+async def release_scope(db: aiosqlite.Connection, where: tuple[str, tuple[str, ...]], now: float) -> int:
+    """Held copies within ``where`` are pending again, and due now."""
+    cond, params = where
+    cur = await db.execute(
+        f"UPDATE deliveries SET state = 'pending', next_attempt_at = ? WHERE state = 'held' AND {cond}", (now, *params)
+    )
+    return cur.rowcount
+
+
+async def delete_unsent(db: aiosqlite.Connection, where: tuple[str, tuple[str, ...]]) -> int:
+    """Pending and held copies within ``where`` are removed: they never go out, and no
+    report is sent about them (the operator chose it)."""
+    cond, params = where
+    cur = await db.execute(f"DELETE FROM deliveries WHERE state IN ('pending', 'held') AND {cond}", params)
+    return cur.rowcount

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import counters
 from .engine import SET_BUSY_TIMEOUT, StoreError, connect_sync
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,9 @@ class Writer:
             try:
                 await self._begin(loop)
                 outcomes = self._run_jobs([p.job for p in batch])
+                started = time.monotonic()
                 await loop.run_in_executor(self._executor, self._conn_execute, *self._finish)
+                counters.COMMIT_SECONDS.observe(time.monotonic() - started)
             except Exception as exc:
                 log.error("commit of %d jobs failed: %s", len(batch), exc)
                 self._rollback()
