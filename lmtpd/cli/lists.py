@@ -135,6 +135,7 @@ _SET_OPTIONS = [
     click.option("--reply-to", default=None, help='"poster", "list", or an address.'),
     click.option("--dmarc-mitigation", type=click.Choice(["auto", "always", "never"]), default=None),
     click.option("--archive", "archive_url", default=None, help="URL for List-Archive."),
+    click.option("--language", default=None, help='Dates in reminders: de, fr, en, de-AT... ("" for the default).'),
     click.option("--posts-per-day", type=click.IntRange(min=0), default=None, help="Daily limit per member."),
     click.option("--default-posts-per-day", is_flag=True, help="Use [limits] posts_per_day again."),
     click.option("--default-auth", is_flag=True, help="Use [auth] require again."),
