@@ -164,8 +164,12 @@ async def test_a_french_list_previews_in_french(club_config, clock):
 
 async def test_a_pause_until_a_date_resumes_by_itself_without_sending_what_it_missed(club_config, clock):
     rid = await add(club_config, clock(), "Training {date}", "Boots\n")  # daily 18:00 Berlin, from Fri 15 Jan
-    paused = await cli(club_config, "reminders", "pause", str(rid), "--until", "2999-01-01")
-    assert paused.exit_code == 0 and "paused until 2998-12-31T23:00:00Z" in paused.output
+    paused = await cli(club_config, "reminders", "pause", str(rid), "--until", "2099-01-01")
+    assert paused.exit_code == 0 and "paused until 2098-12-31T23:00:00Z" in paused.output
+    assert (
+        "paused until 2099-01-01 00:00 CET, then next=2099-01-01 18:00 CET"
+        in (await cli(club_config, "reminders", "list")).output
+    )
     at = await on_db(club_config, lambda db: reminder_admin.pause_until(db, rid, "2027-01-17", clock()))
     assert at == datetime(2027, 1, 17, tzinfo=BERLIN).timestamp()
     [row] = await on_db(club_config, lambda db: reminder_admin.listing(db, clock()))
