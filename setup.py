@@ -29,6 +29,8 @@ setup(
         "icalendar>=5.0",  # reminders: reading the club's calendar file (RFC 5545)
         "recurring-ical-events>=2.0",  # reminders: a calendar's series with EXDATE, moved and cancelled occurrences
         "tzdata",  # reminders: zoneinfo's time zones where the system has none
+        "markdown-it-py>=3.0",  # reminders: a Markdown body's HTML alternative (CommonMark, raw HTML escaped)
+        "babel>=2.12",  # reminders: weekday and month names and date formats in the list's language (CLDR)
         "prometheus-client>=0.20",  # [metrics]: the official exposition format, HTTP endpoint and textfile
     ],
     extras_require={

@@ -18,8 +18,20 @@ from .config import Config
 from .copies import copy_headers
 from .ingest import style
 from .queue import isotime
-from .reminders import compose, problems, rule_of
-from .schedule import Occurrence, Rule, RuleError, check, events, local_date, local_time, occurrences, summary, zone
+from .reminders import compose, problems, rule_of, start_of
+from .schedule import (
+    Occurrence,
+    Rule,
+    RuleError,
+    check,
+    events,
+    instant,
+    local_date,
+    local_time,
+    occurrences,
+    summary,
+    zone,
+)
 from .store import members
 from .store import reminders as store
 from .store.reminders import StoredReminder
@@ -74,9 +86,16 @@ def _rule(values: dict[str, Any]) -> Rule:
 
 
 async def add(
-    db: aiosqlite.Connection, list_name: str, subject: str, body: str, schedule: Schedule, now: float
+    db: aiosqlite.Connection,
+    list_name: str,
+    subject: str,
+    body: str,
+    schedule: Schedule,
+    now: float,
+    markdown: bool = False,
 ) -> tuple[int, float | None]:
-    """A new reminder; returns its id and its first occurrence."""
+    """A new reminder; returns its id and its first occurrence. ``markdown``: the body is Markdown,
+    sent with an HTML alternative."""
     if await members.get_list(db, list_name) is None:
         raise ReminderError(f"no such list: {list_name}")
     try:
@@ -90,7 +109,9 @@ async def add(
     if not first:
         raise ReminderError("this rule never fires after now (a time in the past, or --until/--count used up)")
     rid = await store.insert(
-        db, {"list_name": list_name, "subject": subject, "body": body, "created_at": now, **values}
+        db,
+        {"list_name": list_name, "subject": subject, "body": body, "created_at": now, **values}
+        | {"markdown": int(markdown)},
     )
     return rid, first[0].due_at
 
@@ -104,6 +125,7 @@ async def import_calendar(
     now: float,
     subject: str = "",
     body: str = "",
+    markdown: bool = False,
 ) -> dict[str, list[str]]:
     """One reminder per event (UID) of an iCalendar file; an event imported before is replaced.
 
@@ -129,6 +151,7 @@ async def import_calendar(
             "offsets": ",".join(offsets),
             "subject": subject or f"{title}: {{event_weekday}} {{event_date}} at {{event_time}}",
             "body": body or f"{title}\n{{event_weekday}} {{event_date}} at {{event_time}} ({{timezone}})\n",
+            "markdown": int(markdown and bool(body)),
         }
         old = await store.imported(db, list_name, uid)
         if old is None:
@@ -166,6 +189,11 @@ def describe(r: StoredReminder) -> str:
     return f"{text} ({r.timezone})"
 
 
+def paused(r: StoredReminder, now: float) -> bool:
+    """Paused now: until resumed, or until a time still to come."""
+    return bool(r.paused) and (r.paused_until is None or r.paused_until > now)
+
+
 def _local(ts: float | None, tz: str) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, zone(tz)).strftime("%Y-%m-%d %H:%M %Z")
 
@@ -175,14 +203,16 @@ async def listing(db: aiosqlite.Connection, now: float, list_name: str | None = 
     lists = await store.list_names(db)
     rows = []
     for r in await store.all_reminders(db, list_name):
-        nxt = occurrences(rule_of(r), max(now, r.created_at), 1)
+        nxt = occurrences(rule_of(r), max(now, start_of(r, {})), 1)
         rows.append(
             {
                 "id": r.id,
                 "list": r.list_name,
                 "subject": r.subject,
                 "rule": describe(r),
-                "paused": bool(r.paused),
+                "paused": paused(r, now),
+                "paused_until": _local(r.paused_until, r.timezone) if paused(r, now) else None,
+                "markdown": bool(r.markdown),
                 "next": _local(nxt[0].due_at, r.timezone) if nxt else None,
                 "next_utc": isotime(nxt[0].due_at) if nxt else None,
                 "problems": problems(r, lists, now),
@@ -194,12 +224,14 @@ async def listing(db: aiosqlite.Connection, now: float, list_name: str | None = 
 async def show(db: aiosqlite.Connection, cfg: Config, reminder_id: int, now: float) -> dict[str, Any]:
     """The rule, the next five occurrences, the last ones recorded, and the mail as it will be sent."""
     r = await _get(db, reminder_id)
-    upcoming = occurrences(rule_of(r), max(now, r.created_at), 5)
+    upcoming = occurrences(rule_of(r), max(now, start_of(r, {})), 5)
     return {
         "id": r.id,
         "list": r.list_name,
         "rule": describe(r),
-        "paused": bool(r.paused),
+        "paused": paused(r, now),
+        "paused_until": _local(r.paused_until, r.timezone) if paused(r, now) else None,
+        "markdown": bool(r.markdown),
         "next": [_local(o.due_at, r.timezone) for o in upcoming],
         "recorded": [{**h, "due_at": isotime(h["due_at"])} for h in await store.history(db, r.id)],
         "problems": problems(r, await store.list_names(db), now),
@@ -210,9 +242,9 @@ async def show(db: aiosqlite.Connection, cfg: Config, reminder_id: int, now: flo
 async def preview(db: aiosqlite.Connection, cfg: Config, reminder_id: int, now: float) -> str:
     """The next occurrence's copy as members will receive it (before DKIM signing)."""
     r = await _get(db, reminder_id)
-    upcoming = occurrences(rule_of(r), max(now, r.created_at), 1)
+    upcoming = occurrences(rule_of(r), max(now, start_of(r, {})), 1)
     occ = upcoming[0] if upcoming else Occurrence(now)
-    raw = compose(r, occ, cfg, "PREVIEW", occ.due_at)
+    raw = compose(r, occ, cfg, "PREVIEW", occ.due_at, await store.language_of(db, r.list_name))
     head, _, body = raw.partition(b"\r\n\r\n")
     lst = await members.get_list(db, r.list_name)
     if lst is not None:
@@ -223,6 +255,22 @@ async def preview(db: aiosqlite.Connection, cfg: Config, reminder_id: int, now: 
 async def set_paused(db: aiosqlite.Connection, reminder_id: int, paused: bool) -> None:
     if not await store.set_paused(db, reminder_id, paused):
         raise NoSuchReminder(f"no reminder {reminder_id}")
+
+
+async def pause_until(db: aiosqlite.Connection, reminder_id: int, until: str, now: float) -> float:
+    """Pause until a local date (from its start) or time in the reminder's time zone; it resumes by
+    itself then, and the occurrences in between are never sent. Returns the instant it resumes."""
+    r = await _get(db, reminder_id)
+    try:
+        text = until.strip()
+        local = local_time(text) if len(text) > 10 else datetime.combine(local_date(text), datetime.min.time())
+        at = instant(local, zone(r.timezone))
+    except RuleError as exc:
+        raise ReminderError(str(exc)) from None
+    if at <= now:
+        raise ReminderError(f"{until} is not in the future")
+    await store.set_paused(db, reminder_id, True, at)
+    return at
 
 
 async def remove(db: aiosqlite.Connection, reminder_id: int) -> None:

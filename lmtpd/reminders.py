@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import quopri
 import re
 import sqlite3
 import time
@@ -24,9 +23,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
 
-from . import counters, headers, queue
+from . import counters, headers, queue, richtext
 from .config import Config
 from .copies import Signer, copy_headers
+from .dates import date_values, locale_of
 from .ingest import style
 from .schedule import Occurrence, Rule, RuleError, occurrences, to_local, zone
 from .store import members, posts
@@ -69,20 +69,25 @@ def rule_of(r: StoredReminder) -> Rule:
     )
 
 
-def placeholders(r: StoredReminder, occ: Occurrence) -> dict[str, str]:
-    """The values the subject and body may name: ``{date}``, ``{time}``, ``{weekday}``, ``{list}``,
-    ``{event_date}``, ``{event_time}``, ``{event_weekday}``, in the reminder's time zone."""
+def start_of(r: StoredReminder, last: dict[int, float]) -> float:
+    """After when the occurrences still to post are: the last one recorded, or the end of a timed pause
+    (occurrences during a pause are never sent, not even late)."""
+    resumed = r.paused_until - 0.5 if r.paused_until else 0.0  # "after" is exclusive: one due then is sent
+    return max(r.created_at, last.get(r.id, r.created_at), resumed)
+
+
+def placeholders(r: StoredReminder, occ: Occurrence, language: str | None = None) -> dict[str, str]:
+    """The values the subject and body may name: ``{date}``, ``{time}``, ``{weekday}``, ``{month}``,
+    ``{date_iso}``, the same with ``event_`` before them, ``{list}`` and ``{timezone}``: in the reminder's
+    time zone and the list's language (:mod:`lmtpd.dates`)."""
     tz = zone(r.timezone)
     at = to_local(occ.due_at, tz)
     event = to_local(occ.event_at, tz) if occ.event_at is not None else at
+    locale = locale_of(language)
     return {
         "list": r.list_name,
-        "date": at.strftime("%Y-%m-%d"),
-        "time": at.strftime("%H:%M"),
-        "weekday": at.strftime("%A"),
-        "event_date": event.strftime("%Y-%m-%d"),
-        "event_time": event.strftime("%H:%M"),
-        "event_weekday": event.strftime("%A"),
+        **date_values("", at, locale),
+        **date_values("event_", event, locale),
         "timezone": r.timezone,
     }
 
@@ -92,26 +97,31 @@ def render(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def compose(r: StoredReminder, occ: Occurrence, cfg: Config, queue_id: str, now: float) -> bytes:
+def compose(
+    r: StoredReminder, occ: Occurrence, cfg: Config, queue_id: str, now: float, language: str | None = None
+) -> bytes:
     """The reminder's message as a member would have posted it: headers through :mod:`lmtpd.headers`,
-    the body as written, UTF-8 plain text (quoted-printable, so any relay carries it)."""
-    values = placeholders(r, occ)
+    the body as written, UTF-8 plain text (quoted-printable, so any relay carries it); a Markdown
+    body also rendered, as a multipart/alternative (:mod:`lmtpd.richtext`)."""
+    values = placeholders(r, occ, language)
     sender = cfg.reminders.sender or f"{r.list_name}@{cfg.domain}"
-    body = render(r.body, values).replace("\r\n", "\n")
-    if not body.endswith("\n"):
-        body += "\n"
-    encoded = quopri.encodestring(body.encode("utf-8")).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    body = render(r.body, values)
+    subject = headers.one_line(render(r.subject, values))
+    if r.markdown:
+        content, encoded = richtext.alternative(body, f"=_lmtpd_{queue_id}_{r.id}", subject, language or "")
+    else:
+        content = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Transfer-Encoding", "quoted-printable")]
+        encoded = richtext.quoted_printable(body)
     block = headers.address_field("From", r.list_name, sender) + b"\r\n"
     block += headers.block(
         [
             ("To", f"<{r.list_name}@{cfg.domain}>"),
-            ("Subject", headers.one_line(render(r.subject, values))),
+            ("Subject", subject),
             ("Date", format_datetime(to_local(now, zone(r.timezone)))),
             ("Message-ID", f"<{queue_id}.reminder{r.id}@{cfg.domain}>"),
             ("Auto-Submitted", "auto-generated"),  # RFC 3834: nothing answers it automatically
             ("MIME-Version", "1.0"),
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Transfer-Encoding", "quoted-printable"),
+            *content,
         ]
     )
     return block + b"\r\n" + encoded
@@ -155,7 +165,7 @@ async def run_due(
     done: list[Done] = []
     last = store.last_scheduled(reader)
     for r in store.active(reader):
-        after = max(r.created_at, last.get(r.id, r.created_at))
+        after = start_of(r, last)
         try:
             due = occurrences(rule_of(r), after, BACKLOG, until=now)
         except RuleError as exc:
@@ -193,13 +203,14 @@ async def _occur(
     prepared = None
     if outcome != SKIPPED:
         assert lst is not None
-        raw = compose(r, occ, cfg, queue_id, now)
+        language = store.list_language(reader, r.list_name)
+        raw = compose(r, occ, cfg, queue_id, now, language)
         head, _, body = raw.partition(b"\r\n\r\n")
         block = copy_headers(head + b"\r\n", style(lst, cfg), False)
         if signer is not None:
             block = await asyncio.to_thread(signer.sign, block, b"\r\n" + body)
         sender = cfg.reminders.sender or f"{r.list_name}@{cfg.domain}"
-        prepared = Prepared(queue_id, raw, block, sender, render(r.subject, placeholders(r, occ)))
+        prepared = Prepared(queue_id, raw, block, sender, render(r.subject, placeholders(r, occ, language)))
     stamp = queue.isotime(occ.due_at)
     try:
         recorded = await submit(lambda db: post(db, r, occ.due_at, outcome, prepared, now))
@@ -225,7 +236,7 @@ def next_due(reader: sqlite3.Connection) -> float | None:
     best: float | None = None
     for r in store.active(reader):
         try:
-            nxt = occurrences(rule_of(r), max(r.created_at, last.get(r.id, r.created_at)), 1)
+            nxt = occurrences(rule_of(r), start_of(r, last), 1)
         except RuleError:
             continue
         if nxt and (best is None or nxt[0].due_at < best):

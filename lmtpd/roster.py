@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import aiosqlite
 
-from . import headers, spreadsheet
+from . import dates, headers, spreadsheet
 from .addresses import normalize_address
 from .queue import isotime
 from .spreadsheet import SheetRow
@@ -26,6 +26,13 @@ _ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$
 
 class RosterError(Exception):
     """A request the roster cannot honour, worded for the operator."""
+
+
+def check_language(value: str) -> str:
+    try:
+        return dates.check_language(value)
+    except dates.LanguageError as exc:
+        raise RosterError(str(exc)) from None
 
 
 def check_list_name(name: str) -> str:
@@ -66,6 +73,7 @@ class ListSettings:
     roster: str = "admin"  # who may see the members by mail: "members", "admin" (not by mail), "nobody"
     notify: str | None = None  # moderators' notifications: "each", "digest"; None: [moderation] notify
     max_size: int | None = None  # bytes a post may have; None: [lmtp] max_message_size alone
+    language: str | None = None  # dates in reminders (lmtpd.dates); None: English, ISO dates
 
 
 async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: ListSettings = ListSettings()) -> None:
@@ -81,7 +89,10 @@ async def add_list(db: aiosqlite.Connection, name: str, now: float, settings: Li
     if await db_members.get_list(db, name) is not None:
         raise RosterError(f"list {name} exists already")
     moderators = check_moderators(settings.moderators)
-    await db_members.insert_list(db, name, now, asdict(settings) | {"reply_to": reply_to, "moderators": moderators})
+    language = check_language(settings.language) if settings.language else None
+    await db_members.insert_list(
+        db, name, now, asdict(settings) | {"reply_to": reply_to, "moderators": moderators, "language": language}
+    )
 
 
 def check_moderators(value: str) -> str:
@@ -112,6 +123,8 @@ async def set_list(db: aiosqlite.Connection, name: str, changes: dict) -> dict:
         values["reply_to"] = check_address(values["reply_to"])
     if "moderators" in values:
         values["moderators"] = check_moderators(values["moderators"] or "")
+    if "language" in values:
+        values["language"] = check_language(values["language"]) if values["language"] else None
     await db_members.update_list(db, lst.id, values)
     return await show_list(db, lst.name)
 

@@ -70,6 +70,7 @@ _LIST_OPTIONS = [
         "always, or never.",
     ),
     click.option("--archive", "archive_url", default=None, help="URL for List-Archive."),
+    click.option("--language", default=None, help='Dates in reminders: de, fr, en, de-AT... ("" for the default).'),
     click.option(
         "--posts-per-day",
         type=click.IntRange(min=0),

@@ -41,6 +41,10 @@ def _read(path: str | None) -> str:
         fail(f"cannot read {path}: {exc}", os.EX_NOINPUT)
 
 
+def _is_markdown(path: str | None) -> bool:
+    return bool(path) and str(path).lower().endswith((".md", ".markdown"))
+
+
 @main.group("reminders")
 def reminders_group() -> None:
     """Scheduled posts to a list: once, recurring, before events, from a calendar.
@@ -54,7 +58,8 @@ def reminders_group() -> None:
 @reminders_group.command("add")
 @click.option("--list", "list_name", required=True, metavar="NAME")
 @click.option("--subject", required=True, help="Placeholders: {date} {time} {weekday} {event_date} {event_time}...")
-@click.option("--body-file", metavar="FILE", help="UTF-8 plain text (default: standard input).")
+@click.option("--body-file", metavar="FILE", help="UTF-8 plain text (default: standard input); *.md: Markdown.")
+@click.option("--markdown", is_flag=True, help="The body is Markdown: also sent as HTML (implied by a .md file).")
 @click.option("--at", "at", metavar="'YYYY-MM-DD HH:MM'", help="Once.")
 @click.option("--rrule", metavar="RULE", help="RFC 5545, e.g. FREQ=WEEKLY;BYDAY=MO;BYHOUR=18.")
 @click.option("--cron", metavar="LINE", help="Five fields, e.g. '0 18 * * 1'.")
@@ -67,7 +72,9 @@ def reminders_group() -> None:
 @click.option("--skip", multiple=True, metavar="YYYY-MM-DD", help="A day without an occurrence (repeatable).")
 @click.option("--timezone", metavar="ZONE", help="Default: [reminders] timezone.")
 @pass_state
-def reminders_add(state: State, list_name: str, subject: str, body_file: str | None, **when: object) -> None:
+def reminders_add(
+    state: State, list_name: str, subject: str, body_file: str | None, markdown: bool, **when: object
+) -> None:
     """A reminder: exactly one of --at, --rrule, --cron, --every, --event.
 
     \b
@@ -92,8 +99,9 @@ def reminders_add(state: State, list_name: str, subject: str, body_file: str | N
     except schedule.RuleError as exc:
         fail(str(exc), os.EX_DATAERR)
     body = _read(body_file)
+    md = markdown or _is_markdown(body_file)
     now = time.time()
-    rid, first = _run(state, lambda db: reminder_admin.add(db, list_name, subject, body, plan, now), write=True)
+    rid, first = _run(state, lambda db: reminder_admin.add(db, list_name, subject, body, plan, now, md), write=True)
     click.echo(f"reminder {rid} added; first occurrence {isotime(first)}")
 
 
@@ -103,11 +111,12 @@ def reminders_add(state: State, list_name: str, subject: str, body_file: str | N
 @click.option("--before", "offsets", multiple=True, metavar="7d|2h|30m", help="How long before each event.")
 @click.option("--timezone", metavar="ZONE", help="For floating times and the text (default: [reminders] timezone).")
 @click.option("--subject", default="", help="Default: the event's summary and time.")
-@click.option("--body-file", metavar="FILE", help="Default: the event's summary and time.")
+@click.option("--body-file", metavar="FILE", help="Default: the event's summary and time; *.md: Markdown.")
+@click.option("--markdown", is_flag=True, help="The body file is Markdown: also sent as HTML.")
 @pass_state
 def reminders_import(
     state: State, ics_file: str, list_name: str, offsets: tuple[str, ...], timezone: str | None, subject: str,
-    body_file: str | None,
+    body_file: str | None, markdown: bool,
 ) -> None:  # fmt: skip
     """Reminders for the events of an iCalendar file; events imported before are replaced.
 
@@ -123,8 +132,9 @@ def reminders_import(
     except schedule.RuleError as exc:
         fail(str(exc), os.EX_DATAERR)
     now = time.time()
+    md = markdown or _is_markdown(body_file)
     done = _run(
-        state, lambda db: reminder_admin.import_calendar(db, list_name, text, before, tz, now, subject, body), True
+        state, lambda db: reminder_admin.import_calendar(db, list_name, text, before, tz, now, subject, body, md), True
     )
     click.echo(f"{len(done['added'])} event(s) added, {len(done['updated'])} updated")
 
@@ -146,11 +156,17 @@ def reminders_list(state: State, list_name: str | None, as_json: bool) -> None:
         rows,
         as_json,
         lambda r: (
-            f"{r['id']}  {r['list']}  {'paused' if r['paused'] else 'next=' + (r['next'] or '-')}  {r['rule']}  "
+            f"{r['id']}  {r['list']}  {_state(r)}  {r['rule']}  "
             f"{r['subject']}" + "".join(f"  PROBLEM: {p}" for p in r["problems"])
         ),
         "no reminders",
     )
+
+
+def _state(r: dict) -> str:
+    if r["paused_until"]:
+        return f"paused until {r['paused_until']}, then next={r['next'] or '-'}"
+    return "paused" if r["paused"] else "next=" + (r["next"] or "-")
 
 
 @reminders_group.command("show")
@@ -168,7 +184,8 @@ def reminders_show(state: State, reminder_id: int, as_json: bool) -> None:
     info = _run(state, lambda db: reminder_admin.show(db, cfg, reminder_id, time.time()))
     if as_json:
         return emit_json(info)
-    say(f"reminder:  {info['id']} to {info['list']}{' (paused)' if info['paused'] else ''}")
+    pause = f" (paused until {info['paused_until']})" if info["paused_until"] else " (paused)" if info["paused"] else ""
+    say(f"reminder:  {info['id']} to {info['list']}{pause}")
     say(f"rule:      {info['rule']}")
     for p in info["problems"]:
         say(f"problem:   {p}")
@@ -205,15 +222,21 @@ def _toggle(state: State, reminder_id: int, paused: bool) -> None:
 
 @reminders_group.command("pause")
 @click.argument("reminder_id", type=int)
+@click.option("--until", metavar="'YYYY-MM-DD[ HH:MM]'", help="Resume by itself then (the reminder's time zone).")
 @pass_state
-def reminders_pause(state: State, reminder_id: int) -> None:
+def reminders_pause(state: State, reminder_id: int, until: str | None) -> None:
     """Stop posting it; occurrences while paused are not sent later.
 
     \b
     Example:
       lmtpd reminders pause 3
+      lmtpd reminders pause 3 --until 2027-01-07
     """
-    _toggle(state, reminder_id, True)
+    if until is None:
+        return _toggle(state, reminder_id, True)
+    now = time.time()
+    at = _run(state, lambda db: reminder_admin.pause_until(db, reminder_id, until, now), write=True)
+    click.echo(f"reminder {reminder_id} paused until {isotime(at)}")
 
 
 @reminders_group.command("resume")

@@ -171,7 +171,7 @@ async def list_overview(db: aiosqlite.Connection) -> list[dict[str, Any]]:
         """
         SELECT l.name, l.description, l.posters, l.posts_per_day, l.auth_require, l.subject_prefix, l.reply_to,
                l.dmarc_mitigation, l.archive_url, l.posting, l.unauthenticated, l.moderators, l.notify,
-               l.self_join, l.roster, l.max_size,
+               l.self_join, l.roster, l.max_size, l.language,
                (SELECT count(*) FROM memberships ms JOIN members m ON m.id = ms.member_id
                  WHERE ms.list_id = l.id AND m.active = 1) AS members
           FROM lists l ORDER BY l.name

@@ -39,19 +39,27 @@ class StoredReminder(Record):
     source_uid: str | None
     paused: int
     created_at: float
+    markdown: int  # the body is Markdown: sent with an HTML alternative
+    paused_until: float | None  # a pause that ends by itself (UTC seconds)
 
 
 # ------------------------------------------------------- scheduler (sqlite3)
 
 
 def active(db: sqlite3.Connection) -> list[StoredReminder]:
-    """Every reminder that is not paused, oldest first."""
-    rows = db.execute("SELECT * FROM reminders WHERE paused = 0 ORDER BY id").fetchall()
+    """Every reminder that is not paused, or paused until a time (its occurrences count from then), oldest first."""
+    rows = db.execute("SELECT * FROM reminders WHERE paused = 0 OR paused_until IS NOT NULL ORDER BY id").fetchall()
     return [StoredReminder.of(r) for r in rows]  # type: ignore[misc]
 
 
 def find(db: sqlite3.Connection, reminder_id: int) -> StoredReminder | None:
     return StoredReminder.of(db.execute("SELECT * FROM reminders WHERE id = ?", (reminder_id,)).fetchone())
+
+
+def list_language(db: sqlite3.Connection, list_name: str) -> str | None:
+    """The language of a list's dates (None: the default, English)."""
+    row = db.execute("SELECT language FROM lists WHERE name = ?", (list_name,)).fetchone()
+    return row[0] if row else None
 
 
 def last_scheduled(db: sqlite3.Connection) -> dict[int, float]:
@@ -110,8 +118,12 @@ async def all_reminders(db: aiosqlite.Connection, list_name: str | None = None) 
     return [StoredReminder.of(r) for r in await fetchall(db, sql + " ORDER BY id", params)]  # type: ignore[misc]
 
 
-async def set_paused(db: aiosqlite.Connection, reminder_id: int, paused: bool) -> bool:
-    cur = await db.execute("UPDATE reminders SET paused = ? WHERE id = ?", (int(paused), reminder_id))
+async def set_paused(db: aiosqlite.Connection, reminder_id: int, paused: bool, until: float | None = None) -> bool:
+    """Pause (until a time, or until resumed) or resume; False if there is no such reminder."""
+    cur = await db.execute(
+        "UPDATE reminders SET paused = ?, paused_until = ? WHERE id = ?",
+        (int(paused), until if paused else None, reminder_id),
+    )
     return cur.rowcount == 1
 
 
@@ -129,6 +141,11 @@ async def history(db: aiosqlite.Connection, reminder_id: int, limit: int = 10) -
         (reminder_id, limit),
     )
     return [dict(r) for r in rows]
+
+
+async def language_of(db: aiosqlite.Connection, list_name: str) -> str | None:
+    row = await fetchone(db, "SELECT language FROM lists WHERE name = ?", (list_name,))
+    return row[0] if row else None
 
 
 async def list_names(db: aiosqlite.Connection) -> set[str]:
