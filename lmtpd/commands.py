@@ -74,7 +74,9 @@ class Command:
 
     @property
     def changes(self) -> bool:
-        return self.verb in ("join", "leave", "pause", "resume", "add", "remove")
+        if self.verb in mail_admin.ADMIN_VERBS:  # a line that names no list and address changes nothing
+            return mail_admin.parse_target(self.arg) is not None
+        return self.verb in ("join", "leave", "pause", "resume")
 
     def __str__(self) -> str:
         return f"{self.verb} {self.arg}".strip()

@@ -86,7 +86,8 @@ def carry_out(db: sqlite3.Connection, member: Member, cmd_verb: str, arg: str, c
         return reminders_text(db, member, arg, cfg, now)
     target = parse_target(arg)
     if target is None:
-        return f"{cmd_verb}: name a list and an address, e.g. '{cmd_verb} youth erik@example.org'.\n"
+        hint = " To leave a list yourself, send 'leave youth'." if cmd_verb == "remove" else ""
+        return f"{cmd_verb}: name a list and an address, e.g. '{cmd_verb} youth erik@example.org'.{hint}\n"
     lst = members.find_list(db, target.list_name)
     if lst is None:
         return f"{cmd_verb} {target.list_name}: no such list (send 'lists' to see them).\n"

@@ -87,6 +87,9 @@ async def test_a_moderator_administers_their_list_only_and_members_none(club: Co
     await club.send(command_mail(subject="remove youth anna@example.net", proven=True))
     assert club.lists_of("anna@example.net") == ["trainers", "youth"]
     assert "send 'leave youth'" in club.answers()[-1].get_content()
+    await club.send(command_mail(subject="remove me please"))  # unproven, but nothing to confirm: answered at once
+    answer = club.answers()[-1]
+    assert not answer["Subject"].startswith("confirm") and "To leave a list yourself" in answer.get_content()
     await club.send(proof + command_mail(carla, "lists@myclub.org", "add trainers admin@myclub.org"),
                     "lists@myclub.org", "carla@example.com")  # fmt: skip
     assert "club domain" in club.answers("carla@example.com")[-1].get_content()
