@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime
 from email.utils import format_datetime, make_msgid
 from html.parser import HTMLParser
 
-from . import headers
+from . import headers, mail_admin
 from .addresses import COMMAND_KINDS, CONFIRM, JOIN, LEAVE, POST, REQUEST, Recipient, normalize_address, parse_recipient
 from .config import Config
 from .message import HeaderInfo, header_values, split_message
@@ -50,6 +50,7 @@ VERBS: dict[str, tuple[str, bool]] = {
     "leave": ("leave", True), "unsubscribe": ("leave", True), "pause": ("pause", True),
     "nomail": ("pause", True), "resume": ("resume", True), "mail": ("resume", True),
     "who": ("who", False), "confirm": ("confirm", False), "end": ("end", False), "stop": ("end", False),
+    "reminders": ("reminders", False), "add": ("add", True), "remove": ("remove", True),
 }  # fmt: skip
 REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|odp|r|fw|fwd|wg|vs)\s*(\[\d+\])?\s*:\s*|\[[^\]]*\]\s*)+", re.I)
 ATTRIBUTION = re.compile(
@@ -73,6 +74,8 @@ class Command:
 
     @property
     def changes(self) -> bool:
+        if self.verb in mail_admin.ADMIN_VERBS:  # a line that names no list and address changes nothing
+            return mail_admin.parse_target(self.arg) is not None
         return self.verb in ("join", "leave", "pause", "resume")
 
     def __str__(self) -> str:
@@ -155,7 +158,10 @@ def parse_line(line: str) -> Command | None:
     if verb is None:
         return None
     arg = " ".join(words[1:]).strip().strip(".")
-    if verb[0] in ("join", "leave", "who"):
+    if verb[0] in ("add", "remove"):
+        parts = arg.split()  # <list> <address> [name]: the name as written
+        arg = " ".join([w.lower() if i == 0 or "@" in w else w for i, w in enumerate(parts[:2])] + parts[2:])
+    elif verb[0] in ("join", "leave", "who", "reminders"):
         arg = arg.split()[0].lower().partition("@")[0] if arg else ""
     elif verb[0] == "confirm":
         m = re.search(r"[A-Za-z0-9_-]{16,}", arg)
@@ -265,7 +271,7 @@ def policy_refusal(db: sqlite3.Connection, rcpt: Recipient, recipient: str, send
     """
     if rcpt.kind in (REQUEST, JOIN, LEAVE) and members.find_list(db, rcpt.list_name) is None:
         return f"550 5.1.1 <{recipient}>: no such list"
-    if open_to_all(rcpt) or not sender:
+    if open_to_all(rcpt) or not sender or mail_admin.is_administrator(db, sender, cfg, rcpt.list_name):
         return ""
     try:
         member = members.find_member(db, normalize_address(sender))
@@ -310,8 +316,10 @@ def help_text(cfg: Config, list_name: str) -> str:
         "  pause [until 2027-01-15]  no mail for a while (you keep posting rights)\n"
         "  resume                    mail again\n"
         f"  who {example:<21} the members of a list, where the list allows it\n"
+        f"  reminders {example:<15} the list's scheduled reminders and when they come next\n"
         "  end                       (or a signature, or quoted text) ends the commands\n\n"
-        f"Also: mail to {example}-leave@{cfg.domain} leaves {example}, {example}-join@{cfg.domain} joins it.\n"
+        f"Also: mail to {example}-leave@{cfg.domain} leaves {example}, {example}-join@{cfg.domain} joins it.\n\n"
+        f"The list's administrators also: add {example} erik@example.org [name], remove {example} erik@example.org\n"
     )
 
 
@@ -367,6 +375,11 @@ def _find_list(db: sqlite3.Connection, name: str) -> members.MailingList | None:
 
 def carry_out(db: sqlite3.Connection, member: Member, cmd: Command, cfg: Config, now: float) -> str:
     """Do one command for ``member`` (proven or confirmed); the answer's paragraph."""
+    refusal = mail_admin.guest_refusal(member, cmd.verb)
+    if refusal:
+        return refusal
+    if cmd.verb in ("add", "remove", "reminders"):
+        return mail_admin.carry_out(db, member, cmd.verb, cmd.arg, cfg, now)
     if cmd.verb == "help":
         return help_text(cfg, cmd.arg)
     if cmd.verb == "lists":
@@ -474,6 +487,9 @@ def answer(db: sqlite3.Connection, mail: Incoming, cfg: Config, sign: Sign | Non
         store.log_command(db, mail.now, mail.queue_id, author or mail.mail_from, rcpt, "", f"dropped: {why_not}", False)
         return ok
     member = members.find_member(db, author) if author else None
+    if (member is None or not member.active) and author:
+        if mail_admin.is_administrator(db, author, cfg, target.list_name):
+            member = mail_admin.guest(author)  # an administrator who is no member
     if member is None or not member.active:
         if open_to_all(target):
             store.log_command(db, mail.now, mail.queue_id, author or "", rcpt, target.kind, "not a member", False)
@@ -501,11 +517,7 @@ def answer(db: sqlite3.Connection, mail: Incoming, cfg: Config, sign: Sign | Non
     else:
         parsed = parse(mail.info.subject, body_text(mail.raw))
         default = target.list_name if target.kind == REQUEST else ""
-        parsed = Parsed(
-            [Command(c.verb, c.arg or (default if c.verb in ("join", "leave", "who", "help") else ""), c.line)
-             for c in parsed.commands],
-            parsed.unknown,
-        )  # fmt: skip
+        parsed = Parsed([_with_list(c, default) for c in parsed.commands], parsed.unknown)
         token = next((c.arg for c in parsed.commands if c.verb == "confirm"), "")
         if token:
             return _confirm(db, mail, cfg, member, sign, new_id, ok, token, notice)
@@ -547,6 +559,17 @@ def answer(db: sqlite3.Connection, mail: Incoming, cfg: Config, sign: Sign | Non
     return ok
 
 
+def _with_list(cmd: Command, default: str) -> Command:
+    """A command without its list, sent to a list's request address, is about that list."""
+    if not default:
+        return cmd
+    if cmd.verb in ("join", "leave", "who", "help", "reminders") and not cmd.arg:
+        return Command(cmd.verb, default, cmd.line)
+    if cmd.verb in ("add", "remove") and "@" in cmd.arg.split(" ", 1)[0]:
+        return Command(cmd.verb, f"{default} {cmd.arg}", cmd.line)
+    return cmd
+
+
 def _confirm(
     db: sqlite3.Connection,
     mail: Incoming,
@@ -568,6 +591,8 @@ def _confirm(
         return ok
     address, commands = taken
     owner = members.find_member(db, address)
+    if owner is None and mail_admin.is_administrator(db, address, cfg):
+        owner = mail_admin.guest(address)
     if owner is None:
         store.log_command(db, mail.now, mail.queue_id, address, mail.recipient, "confirm", "no longer a member", False)
         return ok

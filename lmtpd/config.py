@@ -121,6 +121,8 @@ class CommandsConfig:
     address: str = "lists"  # local part of the club-wide command address
     per_hour: int = 10  # command mails a member may send per hour; then one notice, then silence
     confirm_days: float = 3  # how long a confirmation token works
+    owners: tuple[str, ...] = ()  # may add/remove members of every list by mail (and list moderators, of theirs)
+    daily_summary: bool = False  # mail the administrator yesterday's joins, leaves and pauses once a day
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,12 @@ def parse(data: dict[str, Any], base: Path, source: Path | None = None) -> Confi
         address=commands.string("address", CommandsConfig.address).lower(),
         per_hour=commands.integer("per_hour", CommandsConfig.per_hour, low=1),
         confirm_days=commands.number("confirm_days", CommandsConfig.confirm_days, low=0.01),
+        owners=tuple(a.strip().lower() for a in commands.strings("owners")),
+        daily_summary=commands.boolean("daily_summary", CommandsConfig.daily_summary),
     )
+    for owner in commands_cfg.owners:
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", owner):
+            raise ConfigError(f"[commands] owners: expected email addresses, got {owner!r}")
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", commands_cfg.address):
         raise ConfigError(f"[commands] address: expected the local part of an address, got {commands_cfg.address!r}")
     commands.done()

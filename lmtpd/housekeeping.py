@@ -12,8 +12,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from . import metrics, retention, sdnotify
+from . import command_summary, metrics, retention, sdnotify
 from .config import Config
+from .queue import new_queue_id
 from .store import Writer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ class Housekeeping:
                 self._stop_http = metrics.serve_http(cfg.metrics, reg)
             if cfg.metrics.textfile:
                 self.tasks.append(loop.create_task(metrics.textfile_loop(cfg.metrics, reg), name="lmtpd-metrics"))
+        if cfg.commands.daily_summary:
+            summary = command_summary.run(self.writer, cfg, self.clock, new_queue_id)
+            self.tasks.append(loop.create_task(summary, name="lmtpd-command-summary"))
         interval = sdnotify.watchdog_interval()
         if interval:
             self.tasks.append(loop.create_task(_watchdog(interval), name="lmtpd-watchdog"))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
+
 import click
 
-from ..queue import isotime
+from .. import command_summary
+from ..queue import isotime, new_queue_id
+from ..runtime import open_runtime
 from ..store import commands as store
 from .base import State, emit, main, pass_state
 
@@ -40,3 +46,33 @@ def commands_log(state: State, address: str | None, as_json: bool) -> None:
         ),
         "no command mail",
     )
+
+
+@commands_group.command("summary")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def commands_summary(state: State, as_json: bool) -> None:
+    """Mail the administrator yesterday's joins, leaves and pauses by mail (once a day, however often run).
+
+    Serve sends it by itself when [commands] daily_summary is true; this is for cron.
+
+    \b
+    Example:
+      30 0 * * *  lmtpd --config /etc/lmtpd/lmtpd.toml commands summary
+    """
+    cfg = state.config
+
+    async def run(_db) -> command_summary.Outcome:
+        async with open_runtime(cfg, ingest=False) as runtime:
+            job = command_summary.send_summary
+            return await runtime.writer.submit(lambda db: job(db, cfg, time.time(), new_queue_id))
+
+    done = state.run(run)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(done)))
+    elif done.sent_before:
+        click.echo(f"summary of {done.day}: sent before")
+    elif done.queue_id:
+        click.echo(f"summary of {done.day}: {done.changes} change(s), queued as {done.queue_id}")
+    else:
+        click.echo(f"summary of {done.day}: no changes, nothing sent")

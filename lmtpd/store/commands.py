@@ -169,3 +169,58 @@ async def command_log(db: aiosqlite.Connection, address: str | None = None, limi
         (*params, limit),
     )
     return [dict(r) for r in rows]
+
+
+# ------------------------------------------------ administrators by mail (sqlite3)
+
+
+def lists_moderated_by(db: sqlite3.Connection, address: str) -> list[str]:
+    """The lists that name ``address`` among their moderators."""
+    rows = db.execute("SELECT name, moderators FROM lists WHERE moderators != '' ORDER BY name").fetchall()
+    wanted = address.lower()
+    return [r[0] for r in rows if wanted in (m.lower() for m in str(r[1]).split())]
+
+
+def add_to_list(db: sqlite3.Connection, list_id: int, address: str, name: str, now: float) -> tuple[bool, bool]:
+    """A member (created if new, with ``name``) on a list: (member created, membership added)."""
+    row = db.execute("SELECT id FROM members WHERE address = ?", (address,)).fetchone()
+    created = row is None
+    if row is None:
+        member_id = db.execute(
+            "INSERT INTO members (address, name, created_at) VALUES (?, ?, ?) RETURNING id", (address, name, now)
+        ).fetchone()[0]
+    else:
+        member_id = row[0]
+    return created, join(db, list_id, member_id)
+
+
+def remove_from_list(db: sqlite3.Connection, list_id: int, address: str) -> bool:
+    cur = db.execute(
+        "DELETE FROM memberships WHERE list_id = ? AND member_id = (SELECT id FROM members WHERE address = ?)",
+        (list_id, address),
+    )
+    return cur.rowcount > 0
+
+
+# -------------------------------------------------------- daily summary (sqlite3)
+
+CHANGE_OUTCOMES = ("You joined %", "You left %", "Paused%", "Resumed%", "Added %", "Removed %")
+
+
+def changes_between(db: sqlite3.Connection, start: float, end: float) -> list[tuple[float, str, str, str]]:
+    """(at, address, command, outcome) of the command log's changes in [start, end), oldest first."""
+    where = " OR ".join("outcome LIKE ?" for _ in CHANGE_OUTCOMES)
+    rows = db.execute(
+        f"SELECT at, address, command, outcome FROM command_log WHERE at >= ? AND at < ? AND ({where}) ORDER BY at, id",
+        (start, end, *CHANGE_OUTCOMES),
+    ).fetchall()
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def claim_summary(db: sqlite3.Connection, day: str, changes: int, queue_id: str | None, now: float) -> bool:
+    """Record the summary of ``day``; False if a process recorded it already (then it sends nothing)."""
+    cur = db.execute(
+        "INSERT INTO command_summaries (day, sent_at, changes, queue_id) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (day, now, changes, queue_id),
+    )
+    return cur.rowcount > 0

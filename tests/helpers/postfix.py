@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -211,6 +212,13 @@ class Postfix:
     def queue_ids(self) -> list[str]:
         out = self._run("postqueue", "-j").stdout
         return [line for line in out.splitlines() if line.strip()]
+
+
+def header_checks_recipe(repo: Path) -> str:
+    """The header_checks value of postfix-lmtp.cf, as a user pastes it (trusting the milter's results)."""
+    m = re.search(r"^header_checks = (.+)$", (repo / "postfix-lmtp.cf").read_text(), re.M)
+    assert m, "postfix-lmtp.cf lost its header_checks recipe"
+    return m.group(1)
 
 
 def environment_check() -> str | None:
