@@ -52,6 +52,7 @@ def guest(address: str) -> Member:
         id=None,  # type: ignore[arg-type]  (no row: replies carry no member id)
         address=address, name="", active=1, created_at=0.0, bounce_score=0, last_bounce_day=None,
         last_bounce_at=None, delivery_disabled_at=None, disabled_reason="", disabled_reported=0, may_post=0,
+        paused_at=None, paused_until=None, paused_by="",
     )  # fmt: skip
 
 
