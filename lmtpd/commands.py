@@ -76,7 +76,7 @@ class Command:
     def changes(self) -> bool:
         if self.verb in mail_admin.ADMIN_VERBS:  # a line that names no list and address changes nothing
             return mail_admin.parse_target(self.arg) is not None
-        return self.verb in ("join", "leave", "pause", "resume")
+        return self.verb in ("join", "leave", "pause", "resume", "pause reminder", "resume reminder")
 
     def __str__(self) -> str:
         return f"{self.verb} {self.arg}".strip()
@@ -166,6 +166,10 @@ def parse_line(line: str) -> Command | None:
     elif verb[0] == "confirm":
         m = re.search(r"[A-Za-z0-9_-]{16,}", arg)
         arg = m.group().lower() if m else ""
+    elif verb[0] in ("pause", "resume") and re.match(r"reminder\s+#?\d+\b", arg, re.I):
+        number = re.match(r"reminder\s+#?(\d+)", arg, re.I)
+        assert number is not None
+        return Command(f"{verb[0]} reminder", number.group(1), line.strip())
     elif verb[0] == "pause":
         m = re.search(r"\buntil\s+(\d{4}-\d{2}-\d{2})\b", arg, re.I)
         arg = m.group(1) if m else ""
@@ -319,7 +323,8 @@ def help_text(cfg: Config, list_name: str) -> str:
         f"  reminders {example:<15} the list's scheduled reminders and when they come next\n"
         "  end                       (or a signature, or quoted text) ends the commands\n\n"
         f"Also: mail to {example}-leave@{cfg.domain} leaves {example}, {example}-join@{cfg.domain} joins it.\n\n"
-        f"The list's administrators also: add {example} erik@example.org [name], remove {example} erik@example.org\n"
+        f"The list's administrators also: add {example} erik@example.org [name], remove {example} erik@example.org,\n"
+        "  pause reminder 3, resume reminder 3 (the numbers 'reminders' shows)\n"
     )
 
 
@@ -378,7 +383,7 @@ def carry_out(db: sqlite3.Connection, member: Member, cmd: Command, cfg: Config,
     refusal = mail_admin.guest_refusal(member, cmd.verb)
     if refusal:
         return refusal
-    if cmd.verb in ("add", "remove", "reminders"):
+    if cmd.verb in ("add", "remove", "reminders", "pause reminder", "resume reminder"):
         return mail_admin.carry_out(db, member, cmd.verb, cmd.arg, cfg, now)
     if cmd.verb == "help":
         return help_text(cfg, cmd.arg)

@@ -22,7 +22,8 @@ from .store import members
 from .store.members import MailingList, Member
 
 ADMIN_VERBS = ("add", "remove")
-GUEST_VERBS = ("help", "lists", "reminders", "add", "remove", "confirm", "end")  # for administrators not members
+REMINDER_VERBS = ("pause reminder", "resume reminder")
+GUEST_VERBS = ("help", "lists", "reminders", "add", "remove", *REMINDER_VERBS, "confirm", "end")  # not members
 MAX_REMINDERS = 20  # listed in one answer
 
 
@@ -85,6 +86,8 @@ def carry_out(db: sqlite3.Connection, member: Member, cmd_verb: str, arg: str, c
     """``add``, ``remove`` or ``reminders`` for ``member`` (proven or confirmed); the answer's paragraph."""
     if cmd_verb == "reminders":
         return reminders_text(db, member, arg, cfg, now)
+    if cmd_verb in REMINDER_VERBS:
+        return pause_reminder(db, member, int(arg), cmd_verb == "pause reminder", cfg)
     target = parse_target(arg)
     if target is None:
         hint = " To leave a list yourself, send 'leave youth'." if cmd_verb == "remove" else ""
@@ -131,7 +134,22 @@ def reminders_text(db: sqlite3.Connection, member: Member, list_name: str, cfg: 
         except RuleError:
             nxt = []
         when = datetime.fromtimestamp(nxt[0].due_at, zone(r.timezone)).strftime("%Y-%m-%d %H:%M %Z") if nxt else ""
-        lines.append(f"  {when or 'no further occurrence'}: {headers.one_line(r.subject)}\n    ({describe(r)})\n")
+        lines.append(f"  #{r.id} {when or 'no further occurrence'}: {headers.one_line(r.subject)}\n    ({describe(r)})\n")
     if not lines:
         return f"{lst.name} has no scheduled reminders.\n"
     return f"Reminders of {lst.name}@{cfg.domain}, with their next occurrence:\n" + "".join(lines)
+
+
+def pause_reminder(db: sqlite3.Connection, member: Member, reminder_id: int, paused: bool, cfg: Config) -> str:
+    """``pause reminder 3`` / ``resume reminder 3``: for the administrators of the reminder's list."""
+    from .store import reminders as reminder_store  # reminders import ingest, which imports commands
+
+    verb = "pause" if paused else "resume"
+    r = reminder_store.find(db, reminder_id)
+    lst = members.find_list(db, r.list_name) if r is not None else None
+    if r is None or lst is None or not may_administer(lst, member.address, cfg):
+        # the same words whether it does not exist or is not theirs: no oracle of other lists' reminders
+        return f"{verb} reminder {reminder_id}: no such reminder among the lists you administer.\n"
+    reminder_store.set_paused_now(db, reminder_id, paused)
+    state = "paused: it is not posted until resumed" if paused else "resumed: it is posted again from its next time"
+    return f"Reminder {reminder_id} of {lst.name} ({headers.one_line(r.subject)}) {state}.\n"

@@ -139,3 +139,33 @@ async def test_reminders_of_a_list_with_their_next_occurrence(club: CommandClub)
     # dave is no member of youth, but an owner: he sees them
     await club.send(command_mail("Dave <dave@example.com>", subject="reminders youth"), mail_from="dave@example.com")
     assert "Training tonight" in club.answers("dave@example.com")[-1].get_content()
+
+
+async def test_a_lists_administrator_pauses_and_resumes_a_reminder_by_mail(club: CommandClub):
+    db = await open_database(club.cfg.database)
+    plan = reminder_admin.Schedule("cron", "0 19 * * 2", "Europe/Berlin")
+    try:
+        await transaction(db, lambda db: reminder_admin.add(db, "trainers", "Trainers meet", "", plan, club.clock()))
+    finally:
+        await db.close()
+    (reminder_id,) = [r[0] for r in rows(club.cfg, "SELECT id FROM reminders")]
+    paused = lambda: rows(club.cfg, "SELECT paused FROM reminders")[0][0]  # noqa: E731
+    carla = "Carla <carla@example.com>"  # the moderator of trainers, proven by our MTA's verdict
+    mail = command_mail(carla, "trainers-request@myclub.org", f"pause reminder {reminder_id}")
+    proven = mail.replace(b"From:", b"Authentication-Results: mx.myclub.org; dkim=pass header.d=example.com\r\nFrom:")
+    await club.send(proven, "trainers-request@myclub.org", "carla@example.com")
+    assert paused() == 1
+    assert "paused: it is not posted until resumed" in club.answers("carla@example.com")[-1].get_content()
+    await club.send(proven.replace(b"pause reminder", b"resume reminder"), "trainers-request@myclub.org",
+                    "carla@example.com")  # fmt: skip
+    assert paused() == 0
+    # unproven: only a confirmation to the sender's own address, nothing paused
+    await club.send(command_mail(subject=f"pause reminder {reminder_id}"))
+    assert paused() == 0 and "could not be proven" in club.answers()[-1].get_content()
+    # proven, but bob administers nothing: refused, without saying whether it exists
+    bob = command_mail(subject=f"pause reminder {reminder_id}").replace(
+        b"From:", b"Authentication-Results: mx.myclub.org; dkim=pass header.d=example.net\r\nFrom:"
+    )
+    await club.send(bob)
+    assert paused() == 0
+    assert "no such reminder among the lists you administer" in club.answers()[-1].get_content()

@@ -56,6 +56,11 @@ def find(db: sqlite3.Connection, reminder_id: int) -> StoredReminder | None:
     return StoredReminder.of(db.execute("SELECT * FROM reminders WHERE id = ?", (reminder_id,)).fetchone())
 
 
+def set_paused_now(db: sqlite3.Connection, reminder_id: int, paused: bool) -> None:
+    """Pause (until resumed) or resume, inside a writer job (mail commands)."""
+    db.execute("UPDATE reminders SET paused = ?, paused_until = NULL WHERE id = ?", (int(paused), reminder_id))
+
+
 def list_language(db: sqlite3.Connection, list_name: str) -> str | None:
     """The language of a list's dates (None: the default, English)."""
     row = db.execute("SELECT language FROM lists WHERE name = ?", (list_name,)).fetchone()
