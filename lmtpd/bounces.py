@@ -16,6 +16,9 @@ Processing gives at most one point a day per member; a score with no bounce for
 is disabled (the member stays) and the administrator gets one summary per run.
 Each bounce is processed in its own transaction that also marks it done, so a run
 killed midway, or two runs at once, process every bounce exactly once.
+
+Reading and the scoring run stay together (``bounces reclassify`` replays one through
+the other); the reason tables are in :mod:`lmtpd.bounce_reasons`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ are committed together, before the 250. Nothing here answers automatic mail (RFC
 3834), a stranger, or a member over the hourly limit (one notice, then silence); a
 change the mail does not prove (DKIM/SPF, as for posts) waits for a confirmation
 sent to the member's own address.
+
+Parsing real clients' mail (HTML, quotes, signatures) and the answer pipeline are one
+piece; the administrators' verbs are in :mod:`lmtpd.mail_admin`.
 """
 
 from __future__ import annotations

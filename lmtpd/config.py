@@ -4,6 +4,9 @@ Every problem is reported as a :class:`ConfigError` whose message names the file
 the key, so the command line can print one readable line and exit with EX_CONFIG.
 Relative paths in the file are taken relative to the file's own directory, so an
 example configuration works from wherever it is started.
+
+Long because every section's keys, defaults and checks are listed here, in one place,
+as the README's configuration table lists them.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 :class:`IngestHandler` is a plain aiosmtpd handler (``handle_MAIL``, ``handle_RCPT``,
 ``handle_DATA``) and can be called without a socket; the protocol details, and
 aiosmtpd's internals, live in :mod:`lmtpd.lmtp`.
+
+Longer than most stages: the accept job decides every kind of recipient (post, bounce,
+command, forward, held post) in one transaction, which is what makes a 250 mean "committed".
 """
 
 from __future__ import annotations

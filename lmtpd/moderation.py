@@ -18,6 +18,9 @@ copies' header block built on arrival. Automatic mail to a token address (vacati
 replies, bounces) decides nothing (RFC 3834).
 
 Held, confirmed, released, rejected and expired posts are logged with their queue id.
+
+One module for holding, notifying, deciding and expiring, because a held post's life is
+one state machine; its SQL is in :mod:`lmtpd.store.held`.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Parsing a CSV is a pure function that either yields every row or the list of
 bad lines; applying it is one transaction, so a file is imported whole or not.
+
+Over 400 lines because list and member edits share their checks (names, addresses, the
+club domain); reading spreadsheets is in :mod:`lmtpd.spreadsheet`.
 """
 
 from __future__ import annotations
