@@ -134,7 +134,8 @@ def reminders_text(db: sqlite3.Connection, member: Member, list_name: str, cfg: 
         except RuleError:
             nxt = []
         when = datetime.fromtimestamp(nxt[0].due_at, zone(r.timezone)).strftime("%Y-%m-%d %H:%M %Z") if nxt else ""
-        lines.append(f"  #{r.id} {when or 'no further occurrence'}: {headers.one_line(r.subject)}\n    ({describe(r)})\n")
+        subject = headers.one_line(r.subject)
+        lines.append(f"  #{r.id} {when or 'no further occurrence'}: {subject}\n    ({describe(r)})\n")
     if not lines:
         return f"{lst.name} has no scheduled reminders.\n"
     return f"Reminders of {lst.name}@{cfg.domain}, with their next occurrence:\n" + "".join(lines)
