@@ -38,19 +38,7 @@ UNKNOWN = "550 5.1.1 <bob@example.net>: Recipient address rejected: user unknown
 
 @pytest.fixture(scope="module")
 def front_postfix():
-    if why_not:
-        pytest.fail(f"CI must be able to run Postfix: {why_not}")
-    routes = {"myclub.org": "lmtp:unix:private/lmtpd"}
-    routes.update({d: f"smtp:[127.0.0.1]:{SINK_PORT}" for d in ("example.net", "example.com")})
-    settings = {
-        "mynetworks": "127.0.0.1/32",
-        "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
-        "smtpd_recipient_restrictions": (
-            "permit_mynetworks, reject_unauth_destination, check_policy_service unix:private/lmtpd-policy"
-        ),
-    }
-    instance = postfix.Postfix("reasons", "myclub.org", routes, settings)
-    instance.start()
+    instance = postfix.front("reasons", SINK_PORT)
     yield instance
     instance.stop()
 

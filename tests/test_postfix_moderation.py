@@ -33,24 +33,11 @@ pytestmark = [
 ]
 
 SINK_PORT = postfix.free_port()
-MEMBER_DOMAINS = ("example.net", "example.com", "example.org")
 
 
 @pytest.fixture(scope="module")
 def front_postfix():
-    if why_not:
-        pytest.fail(f"CI must be able to run Postfix: {why_not}")
-    routes = {"myclub.org": "lmtp:unix:private/lmtpd"}
-    routes.update({d: f"smtp:[127.0.0.1]:{SINK_PORT}" for d in MEMBER_DOMAINS})
-    settings = {
-        "mynetworks": "127.0.0.1/32",
-        "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
-        "smtpd_recipient_restrictions": (
-            "permit_mynetworks, reject_unauth_destination, check_policy_service unix:private/lmtpd-policy"
-        ),
-    }
-    instance = postfix.Postfix("mod", "myclub.org", routes, settings)
-    instance.start()
+    instance = postfix.front("mod", SINK_PORT)
     yield instance
     instance.stop()
 

@@ -230,3 +230,33 @@ def environment_check() -> str | None:
     if not namespaces_work():
         return "cannot bind-mount a private /etc/postfix in a mount namespace (unshare -m)"
     return None
+
+
+MEMBER_DOMAINS = ("example.net", "example.com", "example.org")
+
+
+def front(name: str, sink_port: int, extra: dict[str, str] | None = None) -> Postfix:
+    """A Postfix in front of lmtpd as a club runs it, started: the club domain to lmtpd over
+    LMTP, the members' domains to a sink on ``sink_port``, the policy service asked at RCPT.
+
+    lmtpd relays from 127.0.0.1 (mynetworks); the "internet" (swaks) comes from 127.0.0.9.
+    Fails the test when Postfix cannot run here (the end-to-end tests never skip in CI).
+    """
+    why_not = environment_check()
+    if why_not:
+        import pytest
+
+        pytest.fail(f"CI must be able to run Postfix: {why_not}")
+    routes = {"myclub.org": "lmtp:unix:private/lmtpd"}
+    routes.update({d: f"smtp:[127.0.0.1]:{sink_port}" for d in MEMBER_DOMAINS})
+    settings = {
+        "mynetworks": "127.0.0.1/32",
+        "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+        "smtpd_recipient_restrictions": (
+            "permit_mynetworks, reject_unauth_destination, check_policy_service unix:private/lmtpd-policy"
+        ),
+        **(extra or {}),
+    }
+    instance = Postfix(name, "myclub.org", routes, settings)
+    instance.start()
+    return instance
