@@ -22,10 +22,7 @@ from .helpers.milter import Milter
 from .helpers.processes import serving
 
 why_not = postfix.environment_check()
-pytestmark = [
-    pytest.mark.postfix,
-    pytest.mark.skipif(why_not is not None and not os.environ.get("CI"), reason=why_not or ""),
-]
+pytestmark = postfix.marks()
 
 AUTHSERV_ID = "mx.myclub.org"  # what postfix-lmtp.cf's example line names
 FORGED = f"Authentication-Results: {AUTHSERV_ID}; dkim=pass header.d=example.net header.s=sel"

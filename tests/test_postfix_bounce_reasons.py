@@ -10,7 +10,6 @@ The same two refusals given synchronously in direct MX mode are in test_refusals
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 
@@ -25,11 +24,7 @@ from .helpers.processes import serving
 from .helpers.sink import Sink, start_sink
 from .helpers.timing import eventually
 
-why_not = postfix.environment_check()
-pytestmark = [
-    pytest.mark.postfix,
-    pytest.mark.skipif(why_not is not None and not os.environ.get("CI"), reason=why_not or ""),
-]
+pytestmark = postfix.marks()
 
 SINK_PORT = postfix.free_port()
 BLOCKED = "550 5.7.1 Service unavailable; client [127.0.0.1] listed at zen.spamhaus.org; see https://www.spamhaus.org/query/ip/127.0.0.1"

@@ -28,11 +28,7 @@ from .helpers.processes import serving
 from .helpers.sink import Sink, start_sink
 from .helpers.timing import eventually
 
-why_not = postfix.environment_check()
-pytestmark = [
-    pytest.mark.postfix,
-    pytest.mark.skipif(why_not is not None and not os.environ.get("CI"), reason=why_not or ""),
-]
+pytestmark = postfix.marks()
 
 SINK_PORT = postfix.free_port()
 AUTHSERV_ID = "mx.myclub.org"

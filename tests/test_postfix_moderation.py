@@ -8,7 +8,6 @@ example.net an SPF record that allows no host, so nothing swaks sends is proven.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import AsyncIterator
 from email import message_from_bytes
@@ -26,11 +25,7 @@ from .helpers.processes import serving
 from .helpers.sink import Sink, start_sink
 from .helpers.timing import eventually
 
-why_not = postfix.environment_check()
-pytestmark = [
-    pytest.mark.postfix,
-    pytest.mark.skipif(why_not is not None and not os.environ.get("CI"), reason=why_not or ""),
-]
+pytestmark = postfix.marks()
 
 SINK_PORT = postfix.free_port()
 

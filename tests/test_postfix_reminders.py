@@ -7,7 +7,6 @@ club domain that verifies against the published key.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from datetime import UTC, datetime
@@ -28,10 +27,7 @@ from .helpers.sink import Sink, start_sink
 from .helpers.timing import eventually
 
 why_not = postfix.environment_check()
-pytestmark = [
-    pytest.mark.postfix,
-    pytest.mark.skipif(why_not is not None and not os.environ.get("CI"), reason=why_not or ""),
-]
+pytestmark = postfix.marks()
 
 SINK_PORT = postfix.free_port()
 YOUTH = {"anna@example.net", "bob@example.net", "carla@example.com"}

@@ -260,3 +260,15 @@ def front(name: str, sink_port: int, extra: dict[str, str] | None = None) -> Pos
     instance = Postfix(name, "myclub.org", routes, settings)
     instance.start()
     return instance
+
+
+def marks() -> list:
+    """An end-to-end module's ``pytestmark``: marked ``postfix``; skipped where Postfix cannot
+    run, except in CI, where such a test fails instead of hiding."""
+    import pytest
+
+    why_not = environment_check()
+    return [
+        pytest.mark.postfix,
+        pytest.mark.skipif(why_not is not None and not os.environ.get("CI"), reason=why_not or ""),
+    ]
