@@ -14,6 +14,7 @@ import base64
 import re
 from dataclasses import dataclass
 from email.utils import getaddresses
+from functools import lru_cache
 from pathlib import Path
 
 import dkim
@@ -60,8 +61,10 @@ def list_id_value(name: str, description: str, domain: str) -> str:
     return f"{headers.phrase(description)} {ident}" if description else ident
 
 
-def list_fields(style: ListStyle) -> list[bytes]:
-    """RFC 2919 and RFC 2369 headers, and Precedence and X-Loop."""
+@lru_cache(maxsize=256)
+def list_fields(style: ListStyle) -> tuple[bytes, ...]:
+    """RFC 2919 and RFC 2369 headers, and Precedence and X-Loop; the same for every post of a
+    list, so built once per list setting (a pure function of a frozen style)."""
     request = f"{style.name}-request@{style.domain}"
     fields = [
         ("List-Id", list_id_value(style.name, style.description, style.domain)),
@@ -75,7 +78,7 @@ def list_fields(style: ListStyle) -> list[bytes]:
     if style.archive:
         fields.append(("List-Archive", f"<{style.archive}>"))
     fields += [("Precedence", "list"), ("X-Loop", style.address)]
-    return [headers.field(name, value) for name, value in fields]
+    return tuple(headers.field(name, value) for name, value in fields)
 
 
 def prefixed_subject(subject: str, tag: str) -> str:

@@ -39,13 +39,18 @@ def one_line(value: str | bytes) -> str:
     """
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return " ".join(_CONTROL.sub(" ", value).split())
+    elif not value.isascii():  # lone surrogates (undecodable bytes) can only hide here
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if _CONTROL.search(value):
+        value = _CONTROL.sub(" ", value)
+    return " ".join(value.split())
 
 
 def text(value: str | bytes) -> str:
     """Outside text (a Subject, a display name) as one safe line, RFC 2047 words decoded."""
     raw = one_line(value)
+    if "=?" not in raw:  # no encoded-word: nothing to decode (the everyday case, and the hot path)
+        return raw
     try:
         decoded = str(make_header(decode_header(raw)))
     except (ValueError, LookupError, UnicodeError, AssertionError):

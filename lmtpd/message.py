@@ -109,12 +109,12 @@ def read_headers(raw: bytes) -> HeaderInfo:
     return HeaderInfo(
         author=author,
         from_problem=problem,
-        message_id=headers.text((values.get("message-id") or [""])[0]),
+        message_id=headers.one_line((values.get("message-id") or [""])[0]),
         subject=headers.text((values.get("subject") or [""])[0]),
         list_ids=tuple(values.get("list-id", [])),
         x_loops=tuple(v.lower() for v in values.get("x-loop", [])),
         received=len(values.get("received", [])),
-        auto_submitted=headers.text((values.get("auto-submitted") or [""])[0]).lower(),
-        precedence=headers.text((values.get("precedence") or [""])[0]).lower(),
+        auto_submitted=headers.one_line((values.get("auto-submitted") or [""])[0]).lower(),
+        precedence=headers.one_line((values.get("precedence") or [""])[0]).lower(),
         autoreply=any(k in values for k in ("x-autoreply", "x-autorespond", "x-vacation")),
     )
