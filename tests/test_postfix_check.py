@@ -83,8 +83,8 @@ MISTAKES = {
         "error: transport for myclub.org is lmtp:inet:127.0.0.1:24",
     ),
     "the policy service after permit_mynetworks, local senders": (
-        "mynetworks = 127.0.0.0/8 [::1]/128 192.168.10.0/24",
-        "warning: the policy service comes after permit_mynetworks: posts from 192.168.10.0/24 are not checked",
+        "mynetworks = 127.0.0.0/8 [::1]/128 198.51.100.0/24",
+        "warning: the policy service comes after permit_mynetworks: posts from 198.51.100.0/24 are not checked",
     ),
     "no policy service": (
         "smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination",
