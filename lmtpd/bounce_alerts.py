@@ -89,6 +89,9 @@ def organisational_domain(host: str) -> str:
     return org_domain(host.strip(".")) if host.strip(".") else ""
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+
+
 def _report_hosts(msg: Message) -> list[str]:
     """Remote-MTA names of the delivery-status parts (never the returned message)."""
     hosts = []
@@ -98,9 +101,10 @@ def _report_hosts(msg: Message) -> list[str]:
         blocks = part.get_payload()
         for block in blocks if isinstance(blocks, list) else []:
             value = str(block.get("Remote-MTA", "")) if isinstance(block, Message) else ""
-            kind, _, name = value.partition(";")
-            if kind.strip().lower() == "dns" and name.strip():
-                hosts.append(name.strip().strip("[]"))
+            kind, _, name = headers.one_line(value).partition(";")
+            first = name.split()[0].strip(".") if name.split() else ""  # comments, IPs in () follow it
+            if kind.strip().lower() == "dns" and _HOST_NAME.fullmatch(first):
+                hosts.append(first)
     return hosts
 
 

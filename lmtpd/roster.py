@@ -20,6 +20,7 @@ from . import dates, headers, spreadsheet
 from .addresses import normalize_address
 from .queue import isotime
 from .spreadsheet import SheetRow
+from .store import held as db_held
 from .store import members as db_members
 
 _LIST_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -146,13 +147,16 @@ async def remove_list(db: aiosqlite.Connection, name: str) -> None:
 
 
 async def remove_list_checked(db: aiosqlite.Connection, name: str, yes: bool) -> int:
-    """Remove a list; one with members only with ``yes``. Returns the memberships dropped."""
+    """Remove a list; one with members or undecided held posts only with ``yes``. Returns the
+    memberships dropped."""
     lst = await db_members.get_list(db, name.strip().lower())
     if lst is None:
         raise RosterError(f"no such list: {name}")
     count = await db_members.membership_count(db, lst.id)
-    if count and not yes:
-        raise RosterError(f"list {lst.name} has {count} membership(s) that removing it would drop: add --yes")
+    waiting = await db_held.undecided_count(db, lst.id)  # accepted with a 250: never dropped unasked
+    if (count or waiting) and not yes:
+        held = f" and {waiting} held post(s) nobody decided yet" if waiting else ""
+        raise RosterError(f"list {lst.name} has {count} membership(s){held} that removing it would drop: add --yes")
     await remove_list(db, lst.name)
     return count
 

@@ -160,3 +160,10 @@ async def test_a_complaint_is_passed_on_once_and_never_scored(club: Club, clock:
     async with open_runtime(club.cfg, clock, ingest=False) as runtime:  # re-reading forwards nothing again
         await runtime.writer.submit(lambda db: bounces.reclassify(db, club.cfg, clock.now))
     assert (await club.process()).complaints == [] and len(club.to_admin()) == 1
+
+
+def test_the_receiving_server_is_read_without_its_comment_or_folding():
+    raw = (DATA / "bounces" / "gmail_no_such_user.eml").read_bytes()  # "dns; gmail-smtp-in.l.google.com. (142...)"
+    assert bounce_alerts.provider_of(raw, "", "gmail.example") == "gmail.com"  # a known provider
+    folded = raw.replace(b"Remote-MTA: dns; gmail-smtp-in.l.google.com.", b"Remote-MTA: dns;\r\n mx.example.com\r\n")
+    assert bounce_alerts.provider_of(folded, "", "gmail.example") == "example.com"

@@ -200,3 +200,16 @@ def test_reminders_configuration(tmp_path):
         path.write_text(base + f"[reminders]\n{bad}\n")
         with pytest.raises(ConfigError, match=re.escape(message)):
             load(path)
+
+
+async def test_a_renamed_list_keeps_its_reminders(club_config: Config):
+    from lmtpd import roster
+
+    plan = Schedule("cron", "0 19 * * 2", "Europe/Berlin")
+    db = await open_database(club_config.database)
+    try:
+        await transaction(db, lambda db: reminder_admin.add(db, "youth", "Training", "", plan, 0.0))
+        await transaction(db, lambda db: roster.rename_list(db, "youth", "juniors"))
+    finally:
+        await db.close()
+    assert [r[0] for r in rows(club_config, "SELECT list_name FROM reminders")] == ["juniors"]

@@ -159,3 +159,9 @@ async def listing(db: aiosqlite.Connection, list_name: str | None = None, every:
 
 async def get(db: aiosqlite.Connection, held_id: int) -> HeldPost | None:
     return HeldPost.of(await fetchone(db, "SELECT * FROM held WHERE id = ?", (held_id,)))
+
+
+async def undecided_count(db: aiosqlite.Connection, list_id: int) -> int:
+    """Posts of a list still waiting for a moderator or their author (removing the list drops them)."""
+    row = await fetchone(db, "SELECT count(*) FROM held WHERE list_id = ? AND state IN ('confirm', 'held')", (list_id,))
+    return row[0] if row else 0

@@ -275,3 +275,4 @@ async def rename_list(db: aiosqlite.Connection, list_id: int, old: str, new: str
                      (new, list_id, old))  # fmt: skip
     await db.execute("UPDATE bounces SET list_name = ? WHERE list_name = ?", (new, old))
     await db.execute("UPDATE held SET list_name = ? WHERE list_id = ?", (new, list_id))
+    await db.execute("UPDATE reminders SET list_name = ? WHERE list_name = ?", (new, old))  # tied by name

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import sqlite3
 
-# A copy is final and done with: sent, or failed with its report queued. Final copies
+# A copy is final and done with: sent, or failed with its report queued (only list posts
+# are reported on: a report, forward or command reply that fails is not). Final copies
 # carry the time they became final in next_attempt_at, so deliveries_due finds old ones.
-_DONE_COPY = "(d.state = 'sent' OR p.reported_at IS NOT NULL OR p.kind = 'report')"
+_DONE_COPY = "(d.state = 'sent' OR p.reported_at IS NOT NULL OR p.kind != 'list')"
 _OLD_COPIES = f"""
     SELECT d.id FROM deliveries d CROSS JOIN posts p ON p.id = d.post_id  -- CROSS: from deliveries_due, never all posts
      WHERE d.state IN ('sent', 'failed') AND d.next_attempt_at < ? AND {_DONE_COPY}
@@ -23,7 +24,7 @@ _OLD_POSTS = """
     SELECT p.id FROM posts p
      WHERE p.accepted_at < ?
        AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.post_id = p.id AND o.state IN ('pending', 'held'))
-       AND NOT (p.reported_at IS NULL AND p.kind != 'report'
+       AND NOT (p.reported_at IS NULL AND p.kind = 'list'
                 AND EXISTS (SELECT 1 FROM deliveries f WHERE f.post_id = p.id AND f.state = 'failed'))
 """
 # The evidence of a member's score: counted bounces of members with points or disabled delivery.
