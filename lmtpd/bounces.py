@@ -577,8 +577,9 @@ def reclassify(db: sqlite3.Connection, cfg: Config, now: float) -> Reclassified:
     """
     result = Reclassified()
     was_disabled = dict(stored.forget_scores(db))
-    for bounce_id, queue_id, extension, raw, arrived_at in stored.processed_for_reclassify(db):
+    for bounce_id, queue_id, extension, raw, arrived_at, processed_at in stored.processed_for_reclassify(db):
         bounce_class, disabled = _apply(db, bounce_id, queue_id, extension, raw, cfg, now, arrived_at)
+        stored.keep_history(db, bounce_id, processed_at)
         result.bounces += 1
         result.counts[bounce_class] = result.counts.get(bounce_class, 0) + 1
         result.disabled += [a for a in disabled if a not in was_disabled.values()]

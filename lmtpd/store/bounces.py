@@ -136,13 +136,22 @@ def mailboxfull_since(db: sqlite3.Connection, member_id: int, now: float, stale_
     return float(row[0])
 
 
-def processed_for_reclassify(db: sqlite3.Connection) -> list[tuple[int, str, str, bytes, float]]:
-    """(id, queue_id, extension, raw, arrived_at) of every processed bounce, oldest first."""
+def processed_for_reclassify(db: sqlite3.Connection) -> list[tuple[int, str, str, bytes, float, float]]:
+    """(id, queue_id, extension, raw, arrived_at, processed_at) of every processed bounce, oldest first."""
     rows = db.execute(
-        "SELECT id, queue_id, extension, raw, arrived_at FROM bounces WHERE processed_at IS NOT NULL "
+        "SELECT id, queue_id, extension, raw, arrived_at, processed_at FROM bounces WHERE processed_at IS NOT NULL "
         "ORDER BY arrived_at, id"
     ).fetchall()
-    return [(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+    return [(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+
+
+def keep_history(db: sqlite3.Connection, bounce_id: int, processed_at: float) -> None:
+    """After a re-read: the bounce keeps its processing time (retention counts from it), and a
+    complaint found only now is not passed on as news: it is old."""
+    db.execute(
+        "UPDATE bounces SET processed_at = ?, forwarded_at = coalesce(forwarded_at, ?) WHERE id = ?",
+        (processed_at, processed_at, bounce_id),
+    )
 
 
 def forget_scores(db: sqlite3.Connection) -> list[tuple[int, str]]:
