@@ -34,7 +34,7 @@ from . import headers, mail_admin
 from .addresses import COMMAND_KINDS, CONFIRM, JOIN, LEAVE, POST, REQUEST, Recipient, normalize_address, parse_recipient
 from .config import Config
 from .message import HeaderInfo, header_values, split_message
-from .rules import daily_limit
+from .rules import automatic_reason, daily_limit
 from .store import commands as store
 from .store import members
 from .store.members import Member
@@ -61,7 +61,6 @@ ATTRIBUTION = re.compile(
     re.I,
 )
 SEPARATOR = re.compile(r"^(-{2,}\s*(original message|ursprüngliche nachricht|message d'origine)|_{5,}|-{5,})", re.I)
-MAILER_DAEMONS = re.compile(r"^(mailer-daemon|postmaster|.*-bounces?|bounces?|no-?reply|.*-request)([+@]|$)", re.I)
 
 
 # ------------------------------------------------------------------ parsing
@@ -225,28 +224,6 @@ def parse(subject: str, body: str) -> Parsed:
     if commands and not any(s for _, s in unknown):
         unknown = []  # prose around commands (a client's footer...) is not worth a word
     return Parsed(commands, unknown)
-
-
-def is_automatic(info: HeaderInfo, mail_from: str, block: bytes) -> str:
-    """Why no answer may go to this mail (RFC 3834 and loops), or ""."""
-    if not mail_from:
-        return "the null sender"
-    if info.auto_submitted and info.auto_submitted.split(";")[0].strip() != "no":
-        return f"Auto-Submitted: {info.auto_submitted}"
-    if info.precedence in ("bulk", "junk", "list"):
-        return f"Precedence: {info.precedence}"
-    if info.autoreply:
-        return "a vacation reply (X-Autoreply)"
-    if info.list_ids or header_values(block, {"list-unsubscribe", "list-post"}):
-        return "list mail"
-    for address in (mail_from, info.author or ""):
-        if MAILER_DAEMONS.match(address):
-            return f"from a mailer address <{address}>"
-    from .rules import VACATION_SUBJECT
-
-    if VACATION_SUBJECT.match(info.subject):
-        return "a vacation reply (its Subject)"
-    return ""
 
 
 # ------------------------------------------------------------------ addresses
@@ -489,7 +466,7 @@ def answer(db: sqlite3.Connection, mail: Incoming, cfg: Config, sign: Sign | Non
     if target.kind in (REQUEST, JOIN, LEAVE) and members.find_list(db, target.list_name) is None:
         return f"550 5.1.1 <{rcpt}>: no such list"
     ok = f"250 2.0.0 <{rcpt}> {mail.queue_id} command mail accepted"
-    why_not = is_automatic(mail.info, mail.mail_from, split_message(mail.raw)[0])
+    why_not = automatic_reason(mail.info, mail.mail_from, split_message(mail.raw)[0])
     if why_not:
         log.info("%s: command mail to <%s> not answered: %s", mail.queue_id, rcpt, why_not)
         store.log_command(db, mail.now, mail.queue_id, author or mail.mail_from, rcpt, "", f"dropped: {why_not}", False)

@@ -30,19 +30,18 @@ import secrets
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from email import message_from_bytes
-from email import policy as email_policy
 from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING, Any
 
 from . import headers
 from .addresses import MODERATE, POST, Recipient, normalize_address
+from .commands import body_text
 from .config import Config
 from .copies import copy_headers
 from .lmtp import TEMPFAIL
-from .message import HeaderInfo, read_headers, split_message
+from .message import read_headers, split_message
 from .queue import isotime, new_queue_id
-from .rules import drop_reason, poster_refusal
+from .rules import automatic_reason, drop_reason, poster_refusal
 from .store import held as store
 from .store import members, posts, savepoint
 from .store.held import APPROVED, CONFIRM, EXPIRED, HELD, REJECTED, UNDECIDED, HeldPost
@@ -98,25 +97,10 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
-def is_automatic(h: HeaderInfo, mail_from: str) -> bool:
-    """Mail no decision may come from: bounces, auto-replies, list mail (RFC 3834)."""
-    if not mail_from:
-        return True
-    if h.auto_submitted and h.auto_submitted.split(";")[0].strip().lower() != "no":
-        return True
-    return h.precedence in ("bulk", "junk", "list") or h.autoreply or bool(h.list_ids)
-
-
 def reply_decision(raw: bytes) -> tuple[bool, str]:
     """(approve?, reason) from a reply: its first own line (not quoted) starting with
     ``reject`` rejects, the rest of that line being the reason; anything else approves."""
-    try:
-        msg = message_from_bytes(raw, policy=email_policy.default)
-        part = msg.get_body(preferencelist=("plain",))
-        text = part.get_content() if part is not None else ""
-    except Exception:  # a body we cannot read says nothing: a plain reply approves
-        text = ""
-    for line in str(text).splitlines():
+    for line in body_text(raw).splitlines():  # HTML-only replies read as text too
         line = line.strip()
         if not line or line.startswith(">"):
             continue
@@ -362,7 +346,7 @@ def answer(
 ) -> str:
     """A reply to a token address: confirm, approve or reject the held post it names."""
     h = arrival.headers
-    if is_automatic(h, arrival.mail_from):
+    if automatic_reason(h, arrival.mail_from, split_message(arrival.raw)[0]):
         log.info("%s: automatic mail to <%s> ignored", arrival.queue_id, address)
         return f"250 2.0.0 <{address}> {arrival.queue_id} automatic mail, ignored"
     post = store.by_token(db, rcpt.extension) if rcpt.extension else None

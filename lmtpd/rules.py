@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from .message import HeaderInfo
+from .message import HeaderInfo, header_values
 
 
 def poster_refusal(author: str, domain: str, lst: Mapping, member: Mapping | None, in_list: Callable[[], bool]) -> str:
@@ -70,4 +70,31 @@ def drop_reason(headers: HeaderInfo, name: str, domain: str, max_received: int) 
         return f"automatic mail: Precedence: {headers.precedence}"
     if headers.autoreply or VACATION_SUBJECT.match(headers.subject):
         return "automatic mail: a vacation reply"
+    return ""
+
+
+MAILER_DAEMONS = re.compile(r"^(mailer-daemon|postmaster|.*-bounces?|bounces?|no-?reply|.*-request)([+@]|$)", re.I)
+
+
+def automatic_reason(info: HeaderInfo, mail_from: str, block: bytes) -> str:
+    """Why no answer, confirmation or decision may come from this mail (RFC 3834, loops), or "".
+
+    The one detector for every path that answers mail or acts on a reply: mail commands,
+    moderators' and authors' replies to token addresses.
+    """
+    if not mail_from:
+        return "the null sender"
+    if info.auto_submitted and info.auto_submitted.split(";")[0].strip() != "no":
+        return f"Auto-Submitted: {info.auto_submitted}"
+    if info.precedence in ("bulk", "junk", "list"):
+        return f"Precedence: {info.precedence}"
+    if info.autoreply:
+        return "a vacation reply (X-Autoreply)"
+    if info.list_ids or header_values(block, {"list-unsubscribe", "list-post"}):
+        return "list mail"
+    for address in (mail_from, info.author or ""):
+        if MAILER_DAEMONS.match(address):
+            return f"from a mailer address <{address}>"
+    if VACATION_SUBJECT.match(info.subject):
+        return "a vacation reply (its Subject)"
     return ""

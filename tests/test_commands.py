@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from lmtpd import commands, policy
 from lmtpd.cli import main
 from lmtpd.message import read_headers, split_message
+from lmtpd.rules import automatic_reason
 from lmtpd.store import connect_sync
 
 from .helpers.club import message, new_club, rows
@@ -88,8 +89,8 @@ def test_html_only_body_and_utf8_subject():
 )
 def test_automatic_mail_is_never_answered(mail_from: str, extra: str, why: str):
     raw = mail(extra=extra)
-    assert why in commands.is_automatic(read_headers(raw), mail_from, split_message(raw)[0])
-    assert commands.is_automatic(read_headers(mail()), "bob@example.net", split_message(mail())[0]) == ""
+    assert why in automatic_reason(read_headers(raw), mail_from, split_message(raw)[0])
+    assert automatic_reason(read_headers(mail()), "bob@example.net", split_message(mail())[0]) == ""
 
 
 # ---------------------------------------------------------------- the club

@@ -562,3 +562,16 @@ async def test_a_lists_own_size_limit_refuses_at_rcpt_and_after_data(club_config
     assert (await post(cfg, message())).endswith("accepted")
     back = await asyncio.to_thread(cli, cfg, "lists", "set", "youth", "--default-max-size", "--json")
     assert json.loads(back.output)["max_size"] is None
+
+
+def test_an_html_only_reply_can_reject_and_an_out_of_office_reply_decides_nothing():
+    from lmtpd.message import read_headers, split_message
+    from lmtpd.rules import automatic_reason
+
+    html = (
+        b"From: Carla <carla@example.com>\r\nSubject: Re: held post\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n<div>reject spam, sorry</div>\r\n"
+    )
+    assert moderation.reply_decision(html) == (False, "spam, sorry")
+    vacation = b"From: Anna <anna@example.net>\r\nSubject: Automatic reply: Did you send this?\r\n\r\nAway.\r\n"
+    assert automatic_reason(read_headers(vacation), "anna@example.net", split_message(vacation)[0])
