@@ -253,6 +253,9 @@ class Checker:
             try:
                 ok = d.verify(idx=idx, dnsfunc=self._txt)
                 domain = (d.domain or b"").decode("ascii", "replace").lower()
+                if not domain or any(c.isspace() or not c.isprintable() for c in domain):
+                    found.append((FAIL, ""))  # a d= with folding or controls names no domain
+                    continue
                 found.append((PASS if ok else FAIL, domain))
             except (dns.exception.Timeout, dns.resolver.NoNameservers):
                 found.append((TEMPERROR, ""))

@@ -81,6 +81,7 @@ class Command:
         return self.verb in ("join", "leave", "pause", "resume", "pause reminder", "resume reminder")
 
     def __str__(self) -> str:
+        """The command as parse_line reads it back (a confirmation stores this form)."""
         return f"{self.verb} {self.arg}".strip()
 
 
@@ -173,7 +174,7 @@ def parse_line(line: str) -> Command | None:
         assert number is not None
         return Command(f"{verb[0]} reminder", number.group(1), line.strip())
     elif verb[0] == "pause":
-        m = re.search(r"\buntil\s+(\d{4}-\d{2}-\d{2})\b", arg, re.I)
+        m = re.search(r"(?:\buntil\s+)?\b(\d{4}-\d{2}-\d{2})\b", arg, re.I)  # "pause 2027-01-15": as stored
         arg = m.group(1) if m else ""
     else:
         arg = ""
@@ -529,7 +530,7 @@ def answer(db: sqlite3.Connection, mail: Incoming, cfg: Config, sign: Sign | Non
         expires = mail.now + cfg.commands.confirm_days * 86400
         store.insert_confirmation(db, token, member.address, "\n".join(str(c) for c in pending), mail.now, expires)
         list_name = target.list_name or cfg.commands.address
-        confirm_to = f"{list_name}-confirm+{token}@{cfg.domain}"
+        confirm_to = f"{list_name}-confirm{cfg.bounces.verp_delimiters[0]}{token}@{cfg.domain}"
         asked = "".join(f"  {c}\n" for c in pending)
         text = (
             f"Someone, probably you, asked by mail:\n\n{asked}\n"

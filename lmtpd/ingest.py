@@ -156,9 +156,9 @@ def accept(
         replies.append(reply)
     # Encoded here, inside the transaction: a reply that could not be sent would
     # otherwise turn a committed post into a 451, and every retry into a duplicate.
-    replies = [wire_reply(r) for r in replies]
-    for r in replies:
-        r.encode("utf-8")
+    # One line each (printable escapes a CR/LF that outside text, a DKIM d= say, smuggled in:
+    # an extra line would put the replies out of step and turn every 250 into a 451).
+    replies = [wire_reply(printable(r)) for r in replies]
     return replies, queued
 
 

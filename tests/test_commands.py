@@ -296,3 +296,10 @@ async def test_lists_set_opens_a_list_and_commands_log_shows_what_happened(club:
     ]
     assert "You joined trainers" in logged[0]["outcome"]
     assert "join trainers" in (await cli("commands", "log")).output
+
+
+def test_a_command_reads_back_as_itself_after_a_confirmation():
+    for line in ("pause until 2027-01-15", "leave youth", "pause reminder 3", "resume", "add youth erik@example.org"):
+        cmd = commands.parse_line(line)
+        again = commands.parse_line(str(cmd))
+        assert cmd is not None and again is not None and (again.verb, again.arg) == (cmd.verb, cmd.arg), line
