@@ -195,7 +195,7 @@ def _all(rule: Rule, after: float) -> Iterator[Occurrence]:
     elif rule.kind == "ics":
         yield from _ics(rule, after, tz)
     else:
-        yield from _series(rule, tz)
+        yield from _series(rule, tz, after)
 
 
 def _before(event: datetime, event_at: float, offsets: tuple[str, ...], tz: ZoneInfo) -> list[Occurrence]:
@@ -214,15 +214,21 @@ def _before(event: datetime, event_at: float, offsets: tuple[str, ...], tz: Zone
     return sorted(result, key=lambda o: o.due_at)
 
 
-def _series(rule: Rule, tz: ZoneInfo) -> Iterator[Occurrence]:
+def _series(rule: Rule, tz: ZoneInfo, after: float | None = None) -> Iterator[Occurrence]:
     """RRULE and cron: local times from the anchor, ``until``/``count`` applied, skipped dates left out.
 
-    As with an iCalendar EXDATE, a skipped date still counts towards ``count``.
+    As with an iCalendar EXDATE, a skipped date still counts towards ``count``. Without a
+    count, the series starts a day before ``after`` rather than at the anchor: asking for
+    the next time costs the same in a reminder's tenth year as on its first day, and a
+    frequent one never runs out of MAX_STEPS.
     """
     skip = {local_date(d) for d in rule.skip}
     end = local_time(rule.until) if rule.until else None
+    start = None
+    if rule.count is None and after is not None:
+        start = datetime.fromtimestamp(after, tz).replace(tzinfo=None) - timedelta(days=1)
     last = None
-    for n, local in enumerate(_local_series(rule)):
+    for n, local in enumerate(_local_series(rule, start)):
         if n >= MAX_STEPS or (rule.count is not None and n >= rule.count) or (end is not None and local > end):
             return
         if local.date() in skip:
@@ -234,12 +240,15 @@ def _series(rule: Rule, tz: ZoneInfo) -> Iterator[Occurrence]:
         yield Occurrence(due)
 
 
-def _local_series(rule: Rule) -> Iterator[datetime]:
+def _local_series(rule: Rule, start: datetime | None = None) -> Iterator[datetime]:
+    """Local times from the anchor, or from ``start`` if that is later."""
     anchor = local_time(rule.anchor)
+    begin = anchor if start is None or start < anchor else start
     if rule.kind == "rrule":
-        yield from _rrule(rule)
+        rr = _rrule(rule)
+        yield from (rr if begin == anchor else rr.xafter(begin, inc=True))
         return
-    it = croniter(rule.spec, anchor - timedelta(seconds=1))
+    it = croniter(rule.spec, begin - timedelta(seconds=1))
     for _ in range(MAX_STEPS):
         yield it.get_next(datetime)
 

@@ -125,3 +125,14 @@ def test_readable_forms():
     assert every("year 01-15 09:00") == "FREQ=YEARLY;BYMONTH=1;BYMONTHDAY=15;BYHOUR=9;BYMINUTE=0;BYSECOND=0"
     with pytest.raises(RuleError):
         every("someday 25:00")
+
+
+def test_a_frequent_series_years_old_still_fires_where_it_should():
+    """Without a count the series is walked from just before 'now', not from its first day:
+    a five-minute cron started two years ago once ran out of steps and never fired again."""
+    now = datetime(2027, 1, 15, 9, 2, tzinfo=UTC).timestamp()
+    cron = Rule("cron", "*/5 * * * *", "Europe/Berlin", anchor="2025-01-01T00:00")
+    assert [o.due_at for o in occurrences(cron, now, 2)] == [now + 180, now + 480]
+    weekly = Rule("rrule", "FREQ=WEEKLY;INTERVAL=2;BYDAY=MO;BYHOUR=18", "Europe/Berlin", anchor="2025-01-06T00:00")
+    first = datetime.fromtimestamp(occurrences(weekly, now)[0].due_at, UTC)
+    assert first == datetime(2027, 1, 18, 17, 0, tzinfo=UTC)  # every other Monday, in the phase of 2025-01-06
