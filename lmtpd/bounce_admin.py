@@ -43,7 +43,7 @@ async def stats(db: aiosqlite.Connection, since: float) -> list[dict]:
     """Failures by reason and provider, and whether any scored: what is about the members, what about us."""
     return [
         {"reason": r["reason"], "provider": r["provider"], "failures": r["failures"], "counted": r["counted"] or 0,
-         "dead": r["reason"] in DEAD}
+         "dead": r["reason"] in DEAD or bool(r["counted"])}  # a long-full mailbox counts too
         for r in await bounces.reason_stats(db, since)
     ]  # fmt: skip
 
