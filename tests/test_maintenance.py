@@ -28,7 +28,7 @@ async def lmtpd(config: Path, *args: str) -> tuple[int, str]:
 
 async def test_backup_under_load_then_restore_and_the_queue_resumes(short_dir: Path, sink: Sink):
     config = write_config(
-        short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port, relay_extra="deliver = false", posts_per_day=1000
+        short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port, relay_extra="deliver = false", posts_per_day=10000
     )
     cfg = load(config)
     await populate(cfg)
@@ -46,9 +46,10 @@ async def test_backup_under_load_then_restore_and_the_queue_resumes(short_dir: P
         done = asyncio.Event()
 
         async def load_() -> None:
-            for i in range(0, 800, 4):  # until the backup is done, and a little after
+            for i in range(0, 8000, 4):  # until the backup is done, then one round more (bounded)
+                finished = done.is_set()
                 await asyncio.gather(*(post(i + k) for k in range(4)))
-                if done.is_set():
+                if finished:
                     return
 
         loader = asyncio.ensure_future(load_())
@@ -79,7 +80,7 @@ async def test_backup_under_load_then_restore_and_the_queue_resumes(short_dir: P
     assert code == 0, out
     assert rows(cfg, "SELECT count(*) FROM messages")[0][0] == in_backup
 
-    write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port, posts_per_day=1000)  # delivery on again
+    write_config(short_dir, f"unix:{short_dir}/lmtpd.sock", sink.port, posts_per_day=10000)  # delivery on again
     async with serving(config):
         await sink.wait_for(3 * in_backup, seconds=60)
     assert rows(cfg, "SELECT count(*) FROM deliveries WHERE state = 'sent'")[0][0] == 3 * in_backup
